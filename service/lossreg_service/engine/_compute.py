@@ -1,0 +1,301 @@
+"""Value and gradients of one loss, or of a weighted sum of losses, on one device.
+
+Everything a request can get wrong is checked before the loss runs (names, dtypes, declared
+shapes, parameters, which gradients), and raised as a `lossreg.errors` class naming the field.
+Gradients come from ``torch.autograd.grad`` on fresh leaf tensors, so an
+``autograd.Function``'s own ``backward`` is the one used; for a non-scalar loss the upstream
+gradient ``grad_loss`` (default: ones) makes the result the vector-Jacobian product.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pydantic
+import torch
+
+from lossreg.errors import (
+    ComputeError,
+    DeviceOutOfMemory,
+    InvalidInput,
+    InvalidParameter,
+    LossRegError,
+    LossRejectedInput,
+    ShapeMismatch,
+)
+
+from ..registry import Loss
+from ._shapes import check_shapes
+from .devices import dtype_name
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+    """One loss in a composition: ``weight * loss(inputs, params)``."""
+
+    loss: Loss
+    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    weight: float = 1.0
+    label: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.label or self.loss.name
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """The result: ``loss`` (detached), ``grads`` by input name, and each term's value."""
+
+    loss: torch.Tensor
+    grads: dict[str, torch.Tensor]
+    terms: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+
+
+def evaluate(
+    loss: Loss,
+    inputs: Mapping[str, torch.Tensor],
+    params: Mapping[str, Any] | None = None,
+    *,
+    grad: Sequence[str] | None = None,
+    grad_loss: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
+    compute_dtype: torch.dtype | None = None,
+) -> Evaluation:
+    """Compute ``loss`` and its gradients with respect to ``grad`` (None: every differentiable input).
+
+    Args:
+        loss: the registered loss.
+        inputs: tensors by input name, tensor parameters (``weight``...) included.
+        params: scalar parameters; validated against the loss's schema, defaults filled in.
+        grad: the inputs to differentiate; ``[]`` for the value alone.
+        grad_loss: upstream gradient, shaped like the loss (non-scalar losses).
+        device: where to compute.
+        compute_dtype: float16/bfloat16 inputs are computed in this dtype (e.g. float32);
+            gradients still come back in each input's own dtype.
+    """
+    return evaluate_terms(
+        [Term(loss, params or {})],
+        inputs,
+        grad=grad,
+        grad_loss=grad_loss,
+        device=device,
+        compute_dtype=compute_dtype,
+    )
+
+
+def evaluate_terms(
+    terms: Sequence[Term],
+    inputs: Mapping[str, torch.Tensor],
+    *,
+    grad: Sequence[str] | None = None,
+    grad_loss: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
+    compute_dtype: torch.dtype | None = None,
+) -> Evaluation:
+    """Value and gradients of ``sum(weight * loss)`` over terms sharing one pool of inputs.
+
+    A single term with weight 1 may be non-scalar (``reduction='none'``); a composition needs
+    scalar terms.
+    """
+    if not terms:
+        raise InvalidParameter("at least one loss term is needed", field="terms")
+    device = torch.device(device)
+    validated = [_validate_term(t, inputs) for t in terms]
+    grad_names = _grad_names(terms, inputs, grad)
+    single = len(terms) == 1 and terms[0].weight == 1.0
+
+    try:
+        with torch.enable_grad():
+            prepared, leaves = _prepare(terms, inputs, grad_names, device, compute_dtype)
+            values: dict[str, torch.Tensor] = {}
+            total: torch.Tensor | None = None
+            for term, params in zip(terms, validated):
+                spec = term.loss.spec
+                names = [t.name for t in spec.inputs + spec.tensor_params]
+                out = _forward(term.loss, {n: prepared[n] for n in names if n in prepared}, params)
+                if not single and out.dim() != 0:
+                    raise InvalidParameter(
+                        f"term {term.key!r} returns shape {list(out.shape)}; a composition of "
+                        "losses needs scalar terms (reduction 'mean' or 'sum')",
+                        field="terms",
+                    )
+                values[term.key] = out.detach()
+                weighted = out if single else out * term.weight
+                total = weighted if total is None else total + weighted
+            assert total is not None
+            grads = _backward(total, leaves, grad_names, grad_loss, inputs)
+    except torch.cuda.OutOfMemoryError as exc:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise DeviceOutOfMemory(f"out of memory on {device}: {exc}", retry_after=1) from exc
+    return Evaluation(loss=total.detach(), grads=grads, terms=values if not single else {})
+
+
+def _validate_term(term: Term, inputs: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """Names, dtypes and declared shapes of the inputs a term uses; its parameters."""
+    spec = term.loss.spec
+    for ts in spec.inputs:
+        if ts.name not in inputs:
+            raise InvalidInput(
+                f"{spec.name}: missing input {ts.name!r}; it takes "
+                + ", ".join(t.name for t in spec.inputs),
+                field=ts.name,
+            )
+    for ts in spec.inputs + spec.tensor_params:
+        tensor = inputs.get(ts.name)
+        if tensor is None:
+            continue
+        if not isinstance(tensor, torch.Tensor):
+            raise InvalidInput(f"{spec.name}: input {ts.name!r} is not a tensor", field=ts.name)
+        name = dtype_name(tensor.dtype)
+        if name not in ts.dtypes:
+            raise InvalidInput(
+                f"{spec.name}: input {ts.name!r} has dtype {name}; accepted: {', '.join(ts.dtypes)}",
+                field=ts.name,
+            )
+    check_shapes(spec.name, spec.inputs + spec.tensor_params, inputs)
+    try:
+        return term.loss.validate_params(term.params)
+    except pydantic.ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"]) or "params"
+        message = (
+            f"{spec.name}: unknown parameter {where!r}"
+            if error["type"] == "extra_forbidden"
+            else f"{spec.name}: parameter {where!r}: {error['msg']}"
+        )
+        raise InvalidParameter(message, field=where) from None
+
+
+def _grad_names(
+    terms: Sequence[Term], inputs: Mapping[str, torch.Tensor], grad: Sequence[str] | None
+) -> list[str]:
+    """Which inputs to differentiate, checked against every term's spec."""
+    differentiable: dict[str, bool] = {}
+    for term in terms:
+        for ts in term.loss.spec.inputs + term.loss.spec.tensor_params:
+            differentiable[ts.name] = differentiable.get(ts.name, False) or ts.differentiable
+    known = set(differentiable)
+    unused = sorted(set(inputs) - known)
+    if unused:
+        raise InvalidInput(
+            f"unknown input {unused[0]!r}; the loss takes " + ", ".join(sorted(known)),
+            field=unused[0],
+        )
+    if grad is None:
+        return [n for n, d in differentiable.items() if d and n in inputs]
+    names = list(dict.fromkeys(grad))
+    for name in names:
+        if name not in differentiable:
+            raise InvalidInput(
+                f"cannot differentiate with respect to {name!r}: the loss has no such input",
+                field=name,
+            )
+        if not differentiable[name]:
+            raise InvalidInput(f"input {name!r} is not differentiable", field=name)
+        if name not in inputs:
+            raise InvalidInput(f"gradient asked for {name!r}, which was not sent", field=name)
+        if not inputs[name].is_floating_point():
+            raise InvalidInput(
+                f"input {name!r} has dtype {dtype_name(inputs[name].dtype)}; only floating-point "
+                "inputs have gradients",
+                field=name,
+            )
+    return names
+
+
+def _prepare(
+    terms: Sequence[Term],
+    inputs: Mapping[str, torch.Tensor],
+    grad_names: Sequence[str],
+    device: torch.device,
+    compute_dtype: torch.dtype | None,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Move to the device, apply declared casts and the compute dtype, make gradient leaves."""
+    casts: dict[str, str] = {}
+    for term in terms:
+        for ts in term.loss.spec.inputs + term.loss.spec.tensor_params:
+            if ts.cast:
+                casts[ts.name] = ts.cast
+    prepared: dict[str, torch.Tensor] = {}
+    leaves: dict[str, torch.Tensor] = {}
+    for name, tensor in inputs.items():
+        t = tensor.to(device, non_blocking=True)
+        if name in casts:
+            t = t.to(getattr(torch, casts[name]))
+        if compute_dtype is not None and t.dtype in _LOW_PRECISION:
+            t = t.to(compute_dtype)
+        if name in grad_names:
+            t = t.detach().requires_grad_(True)
+            leaves[name] = t
+        prepared[name] = t
+    return prepared, leaves
+
+
+def _forward(
+    loss: Loss, tensors: Mapping[str, torch.Tensor], params: Mapping[str, Any]
+) -> torch.Tensor:
+    """Call the loss, turning what it raises into the shared error vocabulary."""
+    try:
+        out = loss(tensors, params)
+    except (LossRegError, torch.cuda.OutOfMemoryError):
+        raise
+    except (RuntimeError, ValueError, IndexError) as exc:
+        # torch reports bad shapes, values and class indices this way.
+        raise LossRejectedInput(f"{loss.name}: the loss rejected its inputs: {exc}") from exc
+    except Exception as exc:
+        raise ComputeError(f"{loss.name} failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(out, torch.Tensor):
+        raise ComputeError(f"{loss.name} returned {type(out).__name__}, not a tensor")
+    return out
+
+
+def _backward(
+    total: torch.Tensor,
+    leaves: Mapping[str, torch.Tensor],
+    grad_names: Sequence[str],
+    grad_loss: torch.Tensor | None,
+    inputs: Mapping[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """Vector-Jacobian product of ``total`` with ``grad_loss`` at the requested leaves."""
+    if grad_loss is not None:
+        if tuple(grad_loss.shape) != tuple(total.shape):
+            raise ShapeMismatch(
+                f"grad_loss has shape {list(grad_loss.shape)} but the loss has shape "
+                f"{list(total.shape)}",
+                field="grad_loss",
+            )
+        if not grad_loss.is_floating_point():
+            raise InvalidInput("grad_loss must be floating point", field="grad_loss")
+    if not grad_names:
+        return {}
+    if not total.requires_grad:
+        # The loss does not depend on any requested input (e.g. all targets ignored).
+        return {n: torch.zeros_like(inputs[n], device=total.device) for n in grad_names}
+    upstream = (
+        torch.ones_like(total)
+        if grad_loss is None
+        else grad_loss.to(device=total.device, dtype=total.dtype)
+    )
+    try:
+        computed = torch.autograd.grad(
+            total, [leaves[n] for n in grad_names], grad_outputs=upstream, allow_unused=True
+        )
+    except (LossRegError, torch.cuda.OutOfMemoryError):
+        raise
+    except (RuntimeError, ValueError) as exc:
+        raise LossRejectedInput(f"the gradient could not be computed: {exc}") from exc
+    grads = {}
+    for name, g in zip(grad_names, computed):
+        original = inputs[name]
+        grads[name] = (
+            torch.zeros_like(original, device=total.device)
+            if g is None
+            else g.detach().to(original.dtype)
+        )
+    return grads

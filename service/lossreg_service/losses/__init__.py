@@ -1,0 +1,1 @@
+"""lossreg's first-party losses, registered through the ``lossreg.losses`` entry-point group."""

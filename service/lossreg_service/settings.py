@@ -1,0 +1,80 @@
+"""Service settings, read from ``LOSSREG_*`` environment variables (pydantic-settings).
+
+Built by `Settings()` inside the app factory and the CLI, never at import time, so tests can
+pass their own. List-valued settings take JSON (``'["a*", "b"]'``) or a comma-separated string.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .registry import LossRegistry
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; the README's settings table mirrors this class."""
+
+    model_config = SettingsConfigDict(env_prefix="LOSSREG_", env_ignore_empty=True, extra="ignore")
+
+    # -- registry -------------------------------------------------------------------------------
+    disable_plugin_autoload: bool = Field(
+        False, description="Load only lossreg's own losses and those of LOSSREG_PLUGINS."
+    )
+    plugins: CommaList = Field(
+        default_factory=list, description="Distributions to load even with autoload disabled."
+    )
+    allow: CommaList = Field(
+        default_factory=list, description="Only loss names matching these globs are loaded."
+    )
+    deny: CommaList = Field(
+        default_factory=list, description="Loss names matching these globs are skipped."
+    )
+    strict_plugins: bool = Field(False, description="A plugin that fails to load stops start-up.")
+
+    # -- engine ---------------------------------------------------------------------------------
+    device: str = Field("auto", description="auto (first CUDA device, else CPU), cpu or cuda:N.")
+    compute_dtype: str | None = Field(
+        None, description="Compute float16/bfloat16 inputs in this dtype (e.g. float32)."
+    )
+
+    # -- server ---------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Interface `lossreg serve` binds.")
+    port: int = Field(8000, ge=0, le=65535, description="Port `lossreg serve` binds.")
+    workers: int = Field(1, ge=1, description="uvicorn worker processes.")
+    api_keys: CommaList = Field(
+        default_factory=list, description="If set, compute and catalog routes need one (Bearer)."
+    )
+    max_request_bytes: int = Field(
+        256 * 1024 * 1024, ge=1, description="Request body cap, after decompression."
+    )
+    compute_threads: int = Field(2, ge=1, description="Concurrent computations per device.")
+    max_queue: int = Field(64, ge=1, description="Requests waiting for compute before 503.")
+    compute_timeout_s: float = Field(60.0, gt=0, description="A computation past this answers 504.")
+    log_level: str = Field("info", description="Logging level.")
+
+    @field_validator("plugins", "allow", "deny", "api_keys", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    def build_registry(self) -> LossRegistry:
+        """The registry these settings describe (discovery runs now)."""
+        return LossRegistry.from_entry_points(
+            autoload=not self.disable_plugin_autoload,
+            plugins=self.plugins,
+            allow=self.allow,
+            deny=self.deny,
+            strict=self.strict_plugins,
+        )
