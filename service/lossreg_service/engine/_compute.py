@@ -66,7 +66,7 @@ def evaluate(
     device: torch.device | str = "cpu",
     compute_dtype: torch.dtype | None = None,
 ) -> Evaluation:
-    """Compute ``loss`` and its gradients with respect to ``grad`` (None: every differentiable input).
+    """Compute ``loss`` and its gradients with respect to ``grad`` (None: all differentiable).
 
     Args:
         loss: the registered loss.
@@ -155,7 +155,8 @@ def _validate_term(term: Term, inputs: Mapping[str, torch.Tensor]) -> dict[str, 
         name = dtype_name(tensor.dtype)
         if name not in ts.dtypes:
             raise InvalidInput(
-                f"{spec.name}: input {ts.name!r} has dtype {name}; accepted: {', '.join(ts.dtypes)}",
+                f"{spec.name}: input {ts.name!r} has dtype {name}; "
+                f"accepted: {', '.join(ts.dtypes)}",
                 field=ts.name,
             )
     check_shapes(spec.name, spec.inputs + spec.tensor_params, inputs)

@@ -17,7 +17,8 @@ def resolve_device(name: str = "auto") -> torch.device:
         index = device.index or 0
         if index >= torch.cuda.device_count():
             raise ValueError(
-                f"device {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+                f"device {name!r} requested but only "
+                f"{torch.cuda.device_count()} CUDA device(s) exist"
             )
         return torch.device("cuda", index)
     if device.type != "cpu":

@@ -16,7 +16,7 @@ INT_DTYPES: tuple[str, ...] = ("int8", "int16", "int32", "int64", "uint8")
 BOOL_DTYPES: tuple[str, ...] = ("bool",)
 
 Reduction = Literal["none", "mean", "sum"]
-"""The `reduction` parameter every torch loss takes; annotate with it to get the enum in the schema."""
+"""The `reduction` parameter of torch losses; annotating with it puts the enum in the schema."""
 
 TAGS: tuple[str, ...] = (
     "classification",
