@@ -1,0 +1,82 @@
+"""The wire layer shared by the server and the client (numpy, pydantic and orjson only).
+
+- `schemas`: the pydantic models of every request and response body.
+- `dtypes`: KServe datatype names <-> numpy dtypes <-> torch dtype names.
+- `binary`: Triton's binary tensor extension (JSON header + raw bytes) framing.
+- `tensors`: wire tensors <-> numpy arrays, with the size and shape checks.
+"""
+
+from __future__ import annotations
+
+from .binary import (
+    HEADER_LENGTH,
+    Buffer,
+    binary_data_size,
+    encode_body,
+    frame_body,
+    parse_header_length,
+    slice_binary_data,
+    split_body,
+)
+from .dtypes import (
+    DATATYPES,
+    bf16_from_float,
+    bf16_to_float,
+    datatype_from_numpy,
+    datatype_from_torch_name,
+    itemsize,
+    numpy_dtype,
+    torch_name,
+)
+from .schemas import *  # noqa: F403
+from .schemas import __all__ as _schema_names
+from .tensors import (
+    array_from_bytes,
+    array_from_json,
+    array_to_json_data,
+    check_shape,
+    decode_tensor,
+    encode_tensor,
+)
+
+RESERVED_PARAMETERS: frozenset[str] = frozenset(
+    {
+        "sequence_id",
+        "sequence_start",
+        "sequence_end",
+        "priority",
+        "timeout",
+        "headers",
+        "binary_data_output",
+    }
+)
+"""Request-level parameters the protocol (and Triton) reserve; never loss parameters."""
+RESERVED_PARAMETER_PREFIX = "triton_"
+
+__all__ = [
+    "DATATYPES",
+    "HEADER_LENGTH",
+    "RESERVED_PARAMETERS",
+    "RESERVED_PARAMETER_PREFIX",
+    "Buffer",
+    "array_from_bytes",
+    "array_from_json",
+    "array_to_json_data",
+    "bf16_from_float",
+    "bf16_to_float",
+    "binary_data_size",
+    "check_shape",
+    "datatype_from_numpy",
+    "datatype_from_torch_name",
+    "decode_tensor",
+    "encode_body",
+    "encode_tensor",
+    "frame_body",
+    "itemsize",
+    "numpy_dtype",
+    "parse_header_length",
+    "slice_binary_data",
+    "split_body",
+    "torch_name",
+    *_schema_names,
+]
