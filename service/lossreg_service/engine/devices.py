@@ -10,7 +10,10 @@ def resolve_device(name: str = "auto") -> torch.device:
     name = name.strip().lower()
     if name == "auto":
         return torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"unsupported device {name!r}; use auto, cpu or cuda:N") from exc
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {name!r} requested but CUDA is not available")

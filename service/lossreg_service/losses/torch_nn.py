@@ -69,7 +69,7 @@ def mse_loss(
     summary="Cross-entropy between logits and class indices or class probabilities.",
     tags=["classification", "segmentation"],
     inputs={
-        "input": _pred(None, "unnormalised logits, [N, C] or [N, C, d1, ...]"),
+        "input": _pred("N C *", "unnormalised logits, [N, C] or [N, C, d1, ...]"),
         "target": _target(
             None,
             "class indices [N, d1, ...] (integer) or probabilities shaped like input (float)",
@@ -103,7 +103,7 @@ def cross_entropy(
     summary="Negative log-likelihood of log-probabilities at class indices.",
     tags=["classification", "segmentation"],
     inputs={
-        "input": _pred(None, "log-probabilities, [N, C] or [N, C, d1, ...]"),
+        "input": _pred("N C *", "log-probabilities, [N, C] or [N, C, d1, ...]"),
         "target": _CLASS_INDEX,
     },
     tensor_params=_CLASS_WEIGHT,

@@ -1,0 +1,143 @@
+"""Valid example inputs for every built-in ``torch.nn`` loss, and its plain-torch reference.
+
+Engine, server and client tests parametrize over the registry and take their inputs from here,
+so a new built-in is covered by adding one line to `CASES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+Case = tuple[dict[str, torch.Tensor], dict[str, Any]]
+
+
+def _sign(*shape: int, g: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, 2, shape, generator=g).double() * 2 - 1
+
+
+def _pair(g: torch.Generator, *shape: int) -> dict[str, torch.Tensor]:
+    return {"input": torch.randn(*shape, generator=g), "target": torch.randn(*shape, generator=g)}
+
+
+def _cases() -> dict[str, Callable[[torch.Generator], Case]]:
+    def logits_and_classes(g: torch.Generator) -> Case:
+        return {"input": torch.randn(4, 5, generator=g),
+                "target": torch.randint(0, 5, (4,), generator=g),
+                "weight": torch.rand(5, generator=g) + 0.5}, {"label_smoothing": 0.1}  # fmt: skip
+
+    def nll(g: torch.Generator) -> Case:
+        return {"input": torch.randn(4, 5, generator=g).log_softmax(1),
+                "target": torch.randint(0, 5, (4,), generator=g)}, {}  # fmt: skip
+
+    def bce(g: torch.Generator) -> Case:
+        return {"input": torch.rand(3, 4, generator=g) * 0.8 + 0.1,
+                "target": torch.rand(3, 4, generator=g)}, {}  # fmt: skip
+
+    def bce_logits(g: torch.Generator) -> Case:
+        return {"input": torch.randn(3, 4, generator=g), "target": torch.rand(3, 4, generator=g),
+                "pos_weight": torch.rand(4, generator=g) + 0.5}, {}  # fmt: skip
+
+    def kl(g: torch.Generator) -> Case:
+        return {"input": torch.randn(3, 4, generator=g).log_softmax(1),
+                "target": torch.randn(3, 4, generator=g).softmax(1)}, {
+            "reduction": "batchmean"}  # fmt: skip
+
+    def signs(g: torch.Generator) -> Case:
+        return {"input": torch.randn(3, 4, generator=g), "target": _sign(3, 4, g=g)}, {}
+
+    def multilabel_soft(g: torch.Generator) -> Case:
+        return {"input": torch.randn(3, 4, generator=g),
+                "target": torch.randint(0, 2, (3, 4), generator=g).double()}, {}  # fmt: skip
+
+    def multilabel_margin(g: torch.Generator) -> Case:
+        target = torch.tensor([[3, 0, -1, 1], [1, 2, 3, -1], [0, -1, 2, 2]])
+        return {"input": torch.randn(3, 4, generator=g), "target": target}, {}
+
+    def multi_margin(g: torch.Generator) -> Case:
+        return {"input": torch.randn(3, 4, generator=g),
+                "target": torch.randint(0, 4, (3,), generator=g)}, {
+            "p": 2, "margin": 0.7}  # fmt: skip
+
+    def hinge(g: torch.Generator) -> Case:
+        return {"input": torch.rand(3, 4, generator=g) * 2, "target": _sign(3, 4, g=g)}, {
+            "margin": 1.3
+        }
+
+    def cosine(g: torch.Generator) -> Case:
+        return {"input1": torch.randn(3, 4, generator=g), "input2": torch.randn(3, 4, generator=g),
+                "target": _sign(3, g=g)}, {"margin": 0.2}  # fmt: skip
+
+    def ranking(g: torch.Generator) -> Case:
+        return {"input1": torch.randn(5, generator=g), "input2": torch.randn(5, generator=g),
+                "target": _sign(5, g=g)}, {"margin": 0.1}  # fmt: skip
+
+    def triplet(g: torch.Generator) -> Case:
+        return {n: torch.randn(3, 4, generator=g) for n in ("anchor", "positive", "negative")}, {
+            "margin": 0.5
+        }
+
+    def poisson(g: torch.Generator) -> Case:
+        return {"input": torch.randn(3, 4, generator=g),
+                "target": torch.poisson(torch.rand(3, 4, generator=g) * 3, generator=g)}, {
+            "full": True}  # fmt: skip
+
+    def gaussian(g: torch.Generator) -> Case:
+        return {**_pair(g, 3, 4), "var": torch.rand(3, 4, generator=g) + 0.5}, {}
+
+    def ctc(g: torch.Generator) -> Case:
+        return {"log_probs": torch.randn(6, 2, 4, generator=g).log_softmax(2),
+                "targets": torch.randint(1, 4, (2, 3), generator=g),
+                "input_lengths": torch.tensor([6, 5]),
+                "target_lengths": torch.tensor([3, 2])}, {}  # fmt: skip
+
+    def regression(g: torch.Generator) -> Case:
+        return {**_pair(g, 3, 4), "weight": torch.rand(3, 4, generator=g)}, {}
+
+    return {
+        "l1_loss": regression,
+        "mse_loss": regression,
+        "huber_loss": lambda g: (_pair(g, 3, 4), {"delta": 0.7}),
+        "smooth_l1_loss": lambda g: (_pair(g, 3, 4), {"beta": 0.5}),
+        "cross_entropy": logits_and_classes,
+        "nll_loss": nll,
+        "binary_cross_entropy": bce,
+        "binary_cross_entropy_with_logits": bce_logits,
+        "kl_div": kl,
+        "soft_margin_loss": signs,
+        "multilabel_soft_margin_loss": multilabel_soft,
+        "multilabel_margin_loss": multilabel_margin,
+        "multi_margin_loss": multi_margin,
+        "hinge_embedding_loss": hinge,
+        "cosine_embedding_loss": cosine,
+        "margin_ranking_loss": ranking,
+        "triplet_margin_loss": triplet,
+        "poisson_nll_loss": poisson,
+        "gaussian_nll_loss": gaussian,
+        "ctc_loss": ctc,
+    }
+
+
+CASES = _cases()
+
+
+def make_case(name: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> Case:
+    """Inputs (floating ones in ``dtype``) and parameters for the built-in loss ``name``."""
+    g = torch.Generator().manual_seed(seed)
+    tensors, params = CASES[name](g)
+    tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+    return tensors, params
+
+
+def reference(
+    name: str, tensors: dict[str, torch.Tensor], params: dict[str, Any], grad: list[str]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Value and gradients straight from ``torch.nn.functional`` and autograd: the ground truth."""
+    leaves = {k: (v.detach().clone().requires_grad_(k in grad)) for k, v in tensors.items()}
+    value = getattr(F, name)(**leaves, **params)
+    wanted = [leaves[k] for k in grad]
+    grads = torch.autograd.grad(value, wanted) if wanted else ()
+    return value.detach(), dict(zip(grad, grads, strict=True))

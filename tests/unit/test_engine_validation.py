@@ -1,0 +1,144 @@
+"""The engine checks a request before computing and says which field is wrong and why."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lossreg.errors import (
+    InvalidInput,
+    InvalidParameter,
+    LossRejectedInput,
+    ShapeMismatch,
+)
+from lossreg_service.engine import Term, evaluate, evaluate_terms, resolve_device
+from lossreg_service.registry import LossRegistry
+
+REGISTRY = LossRegistry.from_entry_points(autoload=False)
+CE = REGISTRY.get("cross_entropy")
+MSE = REGISTRY.get("mse_loss")
+
+
+def _ce_inputs() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "input": torch.randn(4, 3, generator=g),
+        "target": torch.randint(0, 3, (4,), generator=g),
+    }
+
+
+@pytest.mark.parametrize(
+    ("inputs", "kwargs", "error", "field", "text"),
+    [
+        ({"input": torch.randn(4, 3)}, {}, InvalidInput, "target", "missing input 'target'"),
+        ({**_ce_inputs(), "extra": torch.ones(1)}, {}, InvalidInput, "extra", "unknown input"),
+        ({"input": torch.randn(4, 3).int(), "target": torch.zeros(4).long()}, {}, InvalidInput,
+         "input", "has dtype int32"),
+        (_ce_inputs(), {"grad": ["target"]}, InvalidInput, "target", "not differentiable"),
+        (_ce_inputs(), {"grad": ["logits"]}, InvalidInput, "logits", "no such input"),
+        (_ce_inputs(), {"grad": ["weight"]}, InvalidInput, "weight", "not differentiable"),
+        (_ce_inputs(), {"params": {"label_smoothing": 2}}, InvalidParameter, "label_smoothing",
+         "less than or equal to 1"),
+        (_ce_inputs(), {"params": {"margin": 1}}, InvalidParameter, "margin", "unknown parameter"),
+        (_ce_inputs(), {"params": {"reduction": "avg"}}, InvalidParameter, "reduction", "'none'"),
+        ({**_ce_inputs(), "weight": torch.ones(5)}, {}, ShapeMismatch, "weight", "dimension C"),
+    ],
+)  # fmt: skip
+def test_bad_requests_name_the_field(inputs, kwargs, error, field, text):
+    params = kwargs.pop("params", {})
+    with pytest.raises(error) as excinfo:
+        evaluate(CE, inputs, params, **kwargs)
+    assert excinfo.value.field == field
+    assert text in str(excinfo.value)
+
+
+def test_declared_shapes_are_checked_before_torch_broadcasts():
+    with pytest.raises(ShapeMismatch) as excinfo:
+        evaluate(MSE, {"input": torch.randn(4, 3), "target": torch.randn(4, 1)})
+    assert excinfo.value.field == "target"
+    assert "[4, 1]" in str(excinfo.value) and "[4, 3]" in str(excinfo.value)
+
+
+def test_grad_loss_must_match_the_loss_shape():
+    x = {"input": torch.randn(4, 3), "target": torch.randn(4, 3)}
+    with pytest.raises(ShapeMismatch) as excinfo:
+        evaluate(MSE, x, {"reduction": "none"}, grad_loss=torch.ones(4))
+    assert excinfo.value.field == "grad_loss"
+
+
+def test_what_torch_refuses_inside_the_loss_is_a_client_error():
+    inputs = {"input": torch.randn(4, 3), "target": torch.tensor([0, 1, 2, 7])}
+    with pytest.raises(LossRejectedInput, match="cross_entropy") as excinfo:
+        evaluate(CE, inputs)
+    assert excinfo.value.status_code == 422
+
+
+def test_integer_class_indices_of_any_width_are_cast():
+    inputs = _ce_inputs()
+    as_int32 = {**inputs, "target": inputs["target"].int()}
+    torch.testing.assert_close(evaluate(CE, as_int32).loss, evaluate(CE, inputs).loss)
+
+
+def test_value_only_and_selected_gradients():
+    inputs = {"input": torch.randn(3, 2), "target": torch.randn(3, 2)}
+    assert evaluate(MSE, inputs, grad=[]).grads == {}
+    assert set(evaluate(MSE, inputs).grads) == {"input"}
+
+
+@pytest.mark.parametrize("low", [torch.float16, torch.bfloat16])
+def test_low_precision_computed_in_float32_returns_grads_in_input_dtype(low):
+    inputs = {
+        k: v.to(low) for k, v in {"input": torch.randn(8, 4), "target": torch.randn(8, 4)}.items()
+    }
+    result = evaluate(MSE, inputs, compute_dtype=torch.float32)
+    assert result.grads["input"].dtype == low
+    assert result.loss.dtype == torch.float32
+    x32 = inputs["input"].float().requires_grad_()
+    expected = F.mse_loss(x32, inputs["target"].float())
+    expected.backward()
+    torch.testing.assert_close(result.loss, expected.detach())
+    torch.testing.assert_close(result.grads["input"], x32.grad.to(low))
+
+
+def test_composition_is_the_weighted_sum_with_its_gradient():
+    margin = REGISTRY.get("multi_margin_loss")
+    inputs = _ce_inputs()
+    terms = [Term(CE, {"label_smoothing": 0.1}, 0.3), Term(margin, {"margin": 0.5}, 0.7)]
+    result = evaluate_terms(terms, inputs)
+    x = inputs["input"].clone().requires_grad_()
+    ce = F.cross_entropy(x, inputs["target"], label_smoothing=0.1)
+    mm = F.multi_margin_loss(x, inputs["target"], margin=0.5)
+    total = 0.3 * ce + 0.7 * mm
+    total.backward()
+    torch.testing.assert_close(result.loss, total.detach())
+    torch.testing.assert_close(result.terms["cross_entropy"], ce.detach())
+    torch.testing.assert_close(result.terms["multi_margin_loss"], mm.detach())
+    torch.testing.assert_close(result.grads["input"], x.grad)
+
+
+def test_composition_needs_scalar_terms():
+    terms = [Term(CE, {"reduction": "none"}, 0.5), Term(CE, {}, 0.5, label="ce2")]
+    with pytest.raises(InvalidParameter, match="scalar"):
+        evaluate_terms(terms, _ce_inputs())
+
+
+def test_device_resolution():
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == torch.device("cpu")
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda:0")
+    with pytest.raises(ValueError):
+        resolve_device("tpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    inputs = _ce_inputs()
+    cpu = evaluate(CE, inputs)
+    gpu = evaluate(CE, inputs, device=resolve_device("cuda:0"))
+    assert gpu.grads["input"].device.type == "cuda"
+    torch.testing.assert_close(gpu.loss.cpu(), cpu.loss)
+    torch.testing.assert_close(gpu.grads["input"].cpu(), cpu.grads["input"])
