@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,9 +28,10 @@ NAMES = {"charbonnier", "weighted_mse", "ste_round_mse", "cross_entropy_flat"}
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     target = tmp_path_factory.mktemp("site")
+    source = shutil.copytree(PLUGIN, tmp_path_factory.mktemp("src") / PLUGIN.name)  # builds in-tree
     cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
            "--no-cache-dir", "--disable-pip-version-check", "--target", str(target),
-           str(PLUGIN)]  # fmt: skip
+           str(source)]  # fmt: skip
     subprocess.run(cmd, check=True, capture_output=True, timeout=300)
     return target
 
