@@ -37,7 +37,11 @@ class Settings(BaseSettings):
     strict_plugins: bool = Field(False, description="A plugin that fails to load stops start-up.")
 
     # -- engine ---------------------------------------------------------------------------------
-    device: str = Field("auto", description="auto (first CUDA device, else CPU), cpu or cuda:N.")
+    device: str = Field(
+        "auto",
+        description="auto (every CUDA device, else CPU), cpu, cuda:N, or a comma list "
+        "(cuda:0,cuda:1): one bounded compute pool per device.",
+    )
     compute_dtype: str | None = Field(
         None, description="Compute float16/bfloat16 inputs in this dtype (e.g. float32)."
     )
@@ -56,6 +60,14 @@ class Settings(BaseSettings):
     max_queue: int = Field(64, ge=1, description="Requests waiting for compute before 503.")
     compute_timeout_s: float = Field(60.0, gt=0, description="A computation past this answers 504.")
     log_level: str = Field("info", description="Logging level.")
+    retry_after_s: float = Field(
+        1.0, ge=0, description="Retry-After (seconds) sent with 503 when the queue is full."
+    )
+    compress_min_bytes: int = Field(
+        1024,
+        ge=0,
+        description="Responses at least this big are compressed if Accept-Encoding asks.",
+    )
 
     @field_validator("plugins", "allow", "deny", "api_keys", mode="before")
     @classmethod
@@ -68,6 +80,12 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
+
+    @property
+    def device_names(self) -> list[str]:
+        """``device`` as a list of names (``"cuda:0, cuda:1"`` -> two); ``auto`` stays itself."""
+        names = [part.strip().lower() for part in self.device.split(",") if part.strip()]
+        return names or ["auto"]
 
     def build_registry(self) -> LossRegistry:
         """The registry these settings describe (discovery runs now)."""

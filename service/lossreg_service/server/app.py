@@ -1,0 +1,93 @@
+"""The app factory: ``create_app(settings)`` builds a FastAPI app serving every registered loss.
+
+uvicorn runs it as ``lossreg_service.server:create_app`` with ``factory=True``. The registry and
+the compute pools are built once, in the lifespan (so a worker process that fails to start says
+so before it accepts requests), and handed to routes through dependencies; there is no other
+global state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from lossreg import __version__
+
+from ..engine import parse_dtype
+from ..settings import Settings
+from .errors import add_exception_handlers
+from .executor import ComputeExecutor, resolve_devices
+from .logs import configure_logging
+from .metrics import Metrics
+from .middleware import RequestContextMiddleware
+from .openapi import install_openapi
+from .routes import health, metrics, v1, v2
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("lossreg.server")
+
+DESCRIPTION = """\
+Evaluate registered PyTorch losses, and their gradients, over HTTP.
+
+* **KServe v2 / Open Inference Protocol** (`/v2`): each loss is a model; JSON and binary tensors
+  (Triton's binary tensor extension), so `tritonclient.http` works unchanged.
+* **JSON API** (`/v1`): the catalog, `POST /v1/losses/{name}/evaluate`, and `POST /v1/evaluate`
+  for weighted compositions of losses.
+
+Errors are `{"error": "<message>", "code": "<code>", "field": "<field or null>", ...}`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; ``settings`` default to ``Settings()`` (the ``LOSSREG_*`` environment).
+
+    Raises:
+        ValueError: a device or compute dtype in the settings does not exist.
+    """
+    settings = settings or Settings()
+    configure_logging(settings.log_level)
+    devices = resolve_devices(settings.device_names)
+    compute_dtype = parse_dtype(settings.compute_dtype)
+    metrics_ = Metrics()
+    metrics_.watch_devices(devices)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.registry = settings.build_registry()
+        app.state.executor = ComputeExecutor(
+            devices,
+            threads=settings.compute_threads,
+            max_queue=settings.max_queue,
+            timeout_s=settings.compute_timeout_s,
+            retry_after_s=settings.retry_after_s,
+            metrics=metrics_,
+        )
+        log.info(
+            "serving %d losses on %s",
+            len(app.state.registry),
+            ", ".join(str(d) for d in devices),
+        )
+        try:
+            yield
+        finally:
+            app.state.executor.shutdown()
+
+    app = FastAPI(
+        title="lossreg",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics_
+    app.state.compute_dtype = compute_dtype
+    add_exception_handlers(app)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics_)
+    for router in (health.router, v2.router, v1.router, metrics.router):
+        app.include_router(router)
+    install_openapi(app)
+    return app

@@ -1,0 +1,41 @@
+"""Optional API keys: ``Authorization: Bearer <key>`` on the compute and catalog routes.
+
+With ``LOSSREG_API_KEYS`` empty every route is open. Health, server metadata and metrics stay
+open whatever the setting, so orchestrators and scrapers need no secret.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from lossreg.errors import Unauthorized
+
+__all__ = ["bearer", "require_api_key"]
+
+bearer = HTTPBearer(auto_error=False, description="An API key from LOSSREG_API_KEYS.")
+
+
+def _matches(candidate: str, keys: list[str]) -> bool:
+    # compare_digest against every key: the time taken does not reveal which one nearly matched
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(candidate.encode(), key.encode())
+    return found
+
+
+async def require_api_key(request: Request) -> None:
+    """Dependency: pass, or raise `Unauthorized` (401 with ``WWW-Authenticate: Bearer``)."""
+    keys: list[str] = request.app.state.settings.api_keys
+    if not keys:
+        return
+    credentials: HTTPAuthorizationCredentials | None = await bearer(request)
+    if credentials is None:
+        raise Unauthorized(
+            "this route needs an API key: send 'Authorization: Bearer <key>'",
+            field="Authorization",
+        )
+    if not _matches(credentials.credentials, keys):
+        raise Unauthorized("the API key is not valid", field="Authorization")

@@ -1,0 +1,165 @@
+"""Request bodies in, response bodies out, with the size cap and content codings.
+
+Bodies are read as they stream in and refused (413) as soon as they pass the cap: first on the
+declared ``Content-Length``, then on the bytes actually received, and again after
+``Content-Encoding: gzip|deflate`` decompression (so a small bomb cannot expand past it).
+The result is a ``bytearray``: tensors sliced from it are writable, so numpy and torch use the
+bytes in place without a copy (and without torch's warning about read-only buffers).
+
+Responses are sent as chunks (JSON header, then each tensor's bytes) without joining them, and
+compressed with gzip or deflate when the client's ``Accept-Encoding`` asks and the body is big
+enough to be worth it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from collections.abc import Sequence
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from lossreg.errors import InvalidRequest, PayloadTooLarge
+from lossreg.protocol import HEADER_LENGTH, Buffer
+
+__all__ = ["ChunkedResponse", "encoded_response", "read_body"]
+
+_CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": 32 + 15}
+
+
+def _too_large(size: int | str, limit: int, what: str) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"request body {what} {size} bytes, over the limit of {limit} bytes "
+        "(LOSSREG_MAX_REQUEST_BYTES)",
+        field="body",
+        limit=limit,
+    )
+
+
+async def read_body(request: Request, limit: int) -> bytearray:
+    """The whole (decompressed) request body, refused past ``limit`` bytes.
+
+    Raises:
+        PayloadTooLarge: declared, received or decompressed size over ``limit``.
+        InvalidRequest: an unknown ``Content-Encoding`` or corrupt compressed data.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        raise _too_large(int(declared), limit, "declares")
+    coding = request.headers.get("content-encoding", "identity").strip().lower()
+    if coding not in ("identity", "", *_CODINGS):
+        raise InvalidRequest(
+            f"unsupported Content-Encoding {coding!r}; use gzip, deflate or none",
+            field="Content-Encoding",
+        )
+    decoder = zlib.decompressobj(_CODINGS[coding]) if coding in _CODINGS else None
+    body = bytearray()
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise _too_large(f"of more than {received}", limit, "is")
+            if decoder is None:
+                body += chunk
+                continue
+            _inflate(decoder, chunk, body, limit)
+        if decoder is not None:
+            body += decoder.flush()
+            if len(body) > limit:
+                raise _too_large(len(body), limit, "decompresses to")
+            if not decoder.eof:
+                raise InvalidRequest(f"truncated {coding} request body", field="Content-Encoding")
+    except zlib.error as exc:
+        raise InvalidRequest(
+            f"request body is not valid {coding} data: {exc}", field="Content-Encoding"
+        ) from None
+    return body
+
+
+def _inflate(decoder: zlib._Decompress, chunk: bytes, body: bytearray, limit: int) -> None:
+    data = chunk
+    while data:
+        room = limit - len(body) + 1  # one byte more than allowed reveals an overflow
+        body += decoder.decompress(data, room)
+        if len(body) > limit:
+            raise _too_large(f"more than {limit}", limit, "decompresses to")
+        data = decoder.unconsumed_tail
+
+
+class ChunkedResponse(Response):
+    """A response whose body is sent as a list of buffers, never joined into one."""
+
+    def __init__(
+        self,
+        chunks: Sequence[Buffer],
+        status_code: int = 200,
+        headers: dict[str, str] | None = None,
+        media_type: str | None = None,
+    ) -> None:
+        self.chunks = [c for c in chunks if len(c)]
+        super().__init__(b"", status_code, headers, media_type)
+        self.headers["content-length"] = str(sum(len(memoryview(c).cast("B")) for c in chunks))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        if not self.chunks:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        for i, chunk in enumerate(self.chunks):
+            last = i == len(self.chunks) - 1
+            await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+
+
+def _accepted_coding(accept_encoding: str) -> str | None:
+    """``gzip`` or ``deflate`` if the client accepts it (q > 0), gzip preferred."""
+    accepted: dict[str, float] = {}
+    for part in accept_encoding.lower().split(","):
+        token, _, params = part.strip().partition(";")
+        q = 1.0
+        if params.strip().startswith("q="):
+            try:
+                q = float(params.strip()[2:])
+            except ValueError:
+                q = 0.0
+        accepted[token.strip()] = q
+    for coding in ("gzip", "deflate"):
+        if accepted.get(coding, accepted.get("*", 0.0)) > 0:
+            return coding
+    return None
+
+
+def encoded_response(
+    request: Request,
+    chunks: Sequence[Buffer],
+    *,
+    header_length: int | None = None,
+    min_bytes: int = 1024,
+    media_type: str = "application/json",
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """Send ``chunks``: compressed if the client asked and it is big enough, else as they are.
+
+    ``header_length`` becomes ``Inference-Header-Content-Length`` (binary tensor extension); it
+    counts bytes of the uncompressed body, as Triton does.
+    """
+    out_headers = dict(headers or {})
+    if header_length is not None:
+        out_headers[HEADER_LENGTH] = str(header_length)
+        media_type = "application/octet-stream"
+    size = sum(len(memoryview(c).cast("B")) for c in chunks)
+    coding = _accepted_coding(request.headers.get("accept-encoding", ""))
+    if coding is None or size < min_bytes:
+        return ChunkedResponse(chunks, headers=out_headers, media_type=media_type)
+    joined = b"".join(chunks)
+    body = (
+        gzip.compress(joined, compresslevel=1)
+        if coding == "gzip"
+        else zlib.compress(joined, level=1)
+    )
+    out_headers["Content-Encoding"] = coding
+    out_headers["Vary"] = "Accept-Encoding"
+    return Response(body, headers=out_headers, media_type=media_type)

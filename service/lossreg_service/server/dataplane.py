@@ -1,0 +1,90 @@
+"""Between the wire and the engine: decoded numpy arrays <-> torch tensors, and back.
+
+The only server module besides the executor that touches torch. Arrays that are views of the
+request body (a ``bytearray``) become tensors without a copy; read-only arrays are copied first
+(torch warns about, and must not write into, read-only memory). BF16 travels as ``uint16``
+words and is viewed as ``torch.bfloat16``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from lossreg.protocol import datatype_from_torch_name
+
+from ..engine import Evaluation, Term, dtype_name, evaluate_terms
+from ..registry import Loss
+
+__all__ = ["Computation", "compute", "to_numpy", "to_torch"]
+
+
+def to_torch(array: np.ndarray, datatype: str) -> torch.Tensor:
+    """A tensor sharing ``array``'s memory when it is writable (BF16 words viewed as bfloat16)."""
+    if not array.flags.writeable or not array.flags.c_contiguous:
+        array = np.array(array, copy=True, order="C")
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    tensor = torch.from_numpy(array)
+    if datatype == "BF16":
+        tensor = tensor.view(torch.bfloat16)
+    return tensor
+
+
+def to_numpy(tensor: torch.Tensor) -> tuple[np.ndarray, str]:
+    """A CPU array and its KServe datatype (bfloat16 as ``uint16`` words)."""
+    t = tensor.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    t = t.contiguous()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view("<u2"), "BF16"
+    return t.numpy(), datatype_from_torch_name(dtype_name(t.dtype))
+
+
+@dataclasses.dataclass(frozen=True)
+class Computation:
+    """One evaluation to run on a worker: terms, decoded inputs, which gradients."""
+
+    terms: Sequence[Term]
+    inputs: Mapping[str, tuple[np.ndarray, str]]  # name -> (array, KServe datatype)
+    grad: Sequence[str] | None = None
+    grad_loss: tuple[np.ndarray, str] | None = None
+    compute_dtype: torch.dtype | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """The evaluation, back as arrays: ``loss``, ``grads`` and per-term values."""
+
+    loss: tuple[np.ndarray, str]
+    grads: dict[str, tuple[np.ndarray, str]]
+    terms: dict[str, float]
+
+
+def compute(computation: Computation, device: torch.device) -> Result:
+    """Run on a worker thread: to torch, evaluate on ``device``, back to numpy."""
+    tensors = {name: to_torch(a, dt) for name, (a, dt) in computation.inputs.items()}
+    grad_loss = to_torch(*computation.grad_loss) if computation.grad_loss is not None else None
+    evaluation: Evaluation = evaluate_terms(
+        computation.terms,
+        tensors,
+        grad=computation.grad,
+        grad_loss=grad_loss,
+        device=device,
+        compute_dtype=computation.compute_dtype,
+    )
+    return Result(
+        loss=to_numpy(evaluation.loss),
+        grads={name: to_numpy(g) for name, g in evaluation.grads.items()},
+        terms={key: float(v) for key, v in evaluation.terms.items()},
+    )
+
+
+def single(loss: Loss, params: Mapping[str, Any]) -> list[Term]:
+    """The one-term list for a plain evaluation."""
+    return [Term(loss, dict(params))]

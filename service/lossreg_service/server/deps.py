@@ -1,0 +1,36 @@
+"""Typed dependency aliases: the registry, settings, executor and metrics built in the lifespan."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from ..registry import LossRegistry
+from ..settings import Settings
+from .executor import ComputeExecutor
+from .metrics import Metrics
+
+__all__ = ["ExecutorDep", "MetricsDep", "RegistryDep", "SettingsDep"]
+
+
+def get_registry(request: Request) -> LossRegistry:
+    return request.app.state.registry  # type: ignore[no-any-return]
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def get_executor(request: Request) -> ComputeExecutor:
+    return request.app.state.executor  # type: ignore[no-any-return]
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics  # type: ignore[no-any-return]
+
+
+RegistryDep = Annotated[LossRegistry, Depends(get_registry)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ExecutorDep = Annotated[ComputeExecutor, Depends(get_executor)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]

@@ -1,0 +1,199 @@
+"""Bounded compute pools, one per device, so computation never blocks the event loop.
+
+Like Triton's instance groups: each device gets ``compute_threads`` worker threads (the number of
+computations it runs at once) and a queue of at most ``max_queue`` waiting requests; a request
+arriving at a full queue is refused at once with `ServerBusy` (503 + ``Retry-After``) rather than
+piling up. A request goes to the device with the least work. The whole wait (queue + compute)
+is bounded by ``compute_timeout_s`` -> `ComputeTimeout` (504); a thread cannot be killed, so a
+computation that overran keeps its slot until it really ends, and capacity stays honest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import torch
+
+from lossreg.errors import ComputeTimeout, ServerBusy
+
+from ..engine import resolve_device
+from .metrics import Metrics
+
+log = logging.getLogger("lossreg.server")
+
+T = TypeVar("T")
+
+__all__ = ["ComputeExecutor", "DevicePool", "resolve_devices"]
+
+
+def _mark_retrieved(future: asyncio.Future[Any]) -> None:
+    """Retrieve the outcome so a timed-out, abandoned failure is not logged as unretrieved."""
+    if not future.cancelled():
+        future.exception()
+
+
+def resolve_devices(names: Sequence[str]) -> list[torch.device]:
+    """Device settings -> devices: ``auto`` is every CUDA device if there is one, else the CPU.
+
+    Raises:
+        ValueError: a named device does not exist.
+    """
+    devices: list[torch.device] = []
+    for name in names:
+        if name == "auto":
+            found = (
+                [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+                if torch.cuda.is_available()
+                else [torch.device("cpu")]
+            )
+        else:
+            found = [resolve_device(name)]
+        devices.extend(d for d in found if d not in devices)
+    return devices
+
+
+@dataclasses.dataclass
+class DevicePool:
+    """One device's workers, its slots and its waiting line."""
+
+    device: torch.device
+    threads: int
+    max_queue: int
+    executor: ThreadPoolExecutor
+    slots: asyncio.Semaphore
+    running: int = 0
+    waiting: int = 0
+
+    @property
+    def label(self) -> str:
+        return str(self.device)
+
+    @property
+    def load(self) -> int:
+        return self.running + self.waiting
+
+    @property
+    def full(self) -> bool:
+        return self.running >= self.threads and self.waiting >= self.max_queue
+
+
+class ComputeExecutor:
+    """Runs ``fn(device)`` on the least busy device's pool, with admission control and timeout.
+
+    Args:
+        devices: the devices to compute on, one pool each.
+        threads: concurrent computations per device.
+        max_queue: requests allowed to wait per device before `ServerBusy`.
+        timeout_s: limit on queue wait + compute, -> `ComputeTimeout`.
+        retry_after_s: the ``Retry-After`` advertised when busy.
+        metrics: where queue/compute times and gauges go.
+    """
+
+    def __init__(
+        self,
+        devices: Sequence[torch.device],
+        *,
+        threads: int,
+        max_queue: int,
+        timeout_s: float,
+        retry_after_s: float,
+        metrics: Metrics,
+    ) -> None:
+        self.pools = [
+            DevicePool(
+                device=d,
+                threads=threads,
+                max_queue=max_queue,
+                executor=ThreadPoolExecutor(threads, thread_name_prefix=f"lossreg-{d}"),
+                slots=asyncio.Semaphore(threads),
+            )
+            for d in devices
+        ]
+        self.timeout_s = timeout_s
+        self.retry_after_s = retry_after_s
+        self.metrics = metrics
+        for pool in self.pools:
+            metrics.queued.labels(device=pool.label).set(0)
+            metrics.running.labels(device=pool.label).set(0)
+
+    @property
+    def devices(self) -> list[torch.device]:
+        return [p.device for p in self.pools]
+
+    def _pick(self) -> DevicePool:
+        return min(self.pools, key=lambda p: p.load)
+
+    async def run(self, fn: Callable[[torch.device], T], *, loss: str = "") -> T:
+        """Queue ``fn`` for a device and await its result.
+
+        Raises:
+            ServerBusy: the chosen device's queue is full.
+            ComputeTimeout: queue wait plus compute took longer than ``timeout_s``.
+        """
+        pool = self._pick()
+        if pool.full:
+            raise ServerBusy(
+                f"all {pool.threads} workers of {pool.label} are busy and {pool.waiting} "
+                "requests are queued; retry later",
+                retry_after=self.retry_after_s,
+            )
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        pool.waiting += 1
+        self.metrics.queued.labels(device=pool.label).inc()
+        try:
+            await asyncio.wait_for(pool.slots.acquire(), self.timeout_s)
+        except asyncio.TimeoutError:
+            raise self._timeout(pool, "waiting for a worker") from None
+        finally:
+            pool.waiting -= 1
+            self.metrics.queued.labels(device=pool.label).dec()
+        self.metrics.queue_seconds.labels(device=pool.label).observe(loop.time() - start)
+
+        pool.running += 1
+        self.metrics.running.labels(device=pool.label).inc()
+        context = contextvars.copy_context()  # the request id follows into the worker's logs
+        future = pool.executor.submit(context.run, self._timed, fn, pool, loss)
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release, pool))
+        result = asyncio.wrap_future(future)
+        result.add_done_callback(_mark_retrieved)
+        remaining = max(0.0, self.timeout_s - (loop.time() - start))
+        try:
+            return await asyncio.wait_for(asyncio.shield(result), remaining)
+        except asyncio.TimeoutError:
+            raise self._timeout(pool, "computing") from None
+
+    def _timed(self, fn: Callable[[torch.device], T], pool: DevicePool, loss: str) -> T:
+        start = time.perf_counter()
+        try:
+            return fn(pool.device)
+        finally:
+            self.metrics.compute_seconds.labels(loss=loss or "-", device=pool.label).observe(
+                time.perf_counter() - start
+            )
+
+    def _release(self, pool: DevicePool) -> None:
+        """Free the slot when the thread is really done (also after a timeout)."""
+        pool.running -= 1
+        self.metrics.running.labels(device=pool.label).dec()
+        pool.slots.release()
+
+    def _timeout(self, pool: DevicePool, stage: str) -> ComputeTimeout:
+        log.warning("request timed out after %.1fs %s on %s", self.timeout_s, stage, pool.label)
+        return ComputeTimeout(
+            f"the computation did not finish within {self.timeout_s:g} s "
+            f"(LOSSREG_COMPUTE_TIMEOUT_S) while {stage} on {pool.label}",
+            timeout_s=self.timeout_s,
+        )
+
+    def shutdown(self) -> None:
+        """Stop accepting work; running computations finish in the background."""
+        for pool in self.pools:
+            pool.executor.shutdown(wait=False, cancel_futures=True)

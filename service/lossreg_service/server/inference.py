@@ -1,0 +1,172 @@
+"""KServe v2 inference: a request body -> what to compute and what to send back, and the answer.
+
+A loss is a model. Its inputs are the loss's tensors (tensor parameters such as ``weight`` are
+optional inputs; ``grad_loss`` carries the upstream gradient), its scalar parameters come in the
+request-level ``parameters`` (protocol keys such as ``binary_data_output`` set aside), and its
+outputs are ``loss`` and ``grad_<input>``. The requested outputs decide which gradients are
+computed; with none listed, the loss and every differentiable input's gradient are returned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import orjson
+import pydantic
+
+from lossreg.errors import InvalidInput, InvalidRequest
+from lossreg.protocol import (
+    RESERVED_PARAMETER_PREFIX,
+    RESERVED_PARAMETERS,
+    Buffer,
+    InferRequest,
+    decode_tensor,
+    encode_tensor,
+    frame_body,
+    slice_binary_data,
+    split_body,
+)
+
+from ..registry import LossSpec
+from .errors import from_validation_error
+
+__all__ = ["GRAD_LOSS", "Decoded", "OutputPlan", "decode_request", "encode_response"]
+
+GRAD_LOSS = "grad_loss"
+LOSS = "loss"
+GRAD_PREFIX = "grad_"
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputPlan:
+    """Which outputs to send, in order, each in binary or JSON."""
+
+    outputs: list[tuple[str, bool]]  # (name, binary)
+    grad: list[str] | None  # inputs to differentiate; None: every differentiable one sent
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoded:
+    """A decoded inference request."""
+
+    request_id: str | None
+    inputs: dict[str, tuple[np.ndarray, str]]
+    grad_loss: tuple[np.ndarray, str] | None
+    params: dict[str, Any]
+    plan: OutputPlan
+
+
+def parse_json(data: Buffer, what: str = "request") -> Any:
+    """orjson, with a 400 naming the body instead of a 500."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"{what} body is not valid JSON: {exc}", field="body") from None
+
+
+def _is_true(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.lower() == "true")
+
+
+def _plan(spec: LossSpec, request: InferRequest, sent: set[str]) -> OutputPlan:
+    params = request.parameters or {}
+    binary_default = _is_true(params.get("binary_data_output"))
+    differentiable = [t.name for t in spec.inputs + spec.tensor_params if t.differentiable]
+    known = [LOSS] + [GRAD_PREFIX + n for n in differentiable]
+    if not request.outputs:
+        grads = [n for n in differentiable if n in sent]
+        return OutputPlan([(n, binary_default) for n in [LOSS] + [GRAD_PREFIX + g for g in grads]],
+                          None)  # fmt: skip
+    outputs: list[tuple[str, bool]] = []
+    for requested in request.outputs:
+        if requested.name not in known:
+            raise InvalidInput(
+                f"{spec.name}: unknown output {requested.name!r}; it has outputs "
+                + ", ".join(known),
+                field=requested.name,
+            )
+        if any(requested.name == name for name, _ in outputs):
+            raise InvalidInput(f"output {requested.name!r} requested twice", field=requested.name)
+        flag = (requested.parameters or {}).get("binary_data")
+        outputs.append((requested.name, binary_default if flag is None else _is_true(flag)))
+    grad = [name[len(GRAD_PREFIX) :] for name, _ in outputs if name != LOSS]
+    return OutputPlan(outputs, grad)
+
+
+def loss_params(parameters: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Request-level parameters minus the protocol's reserved ones: the loss's parameters."""
+    return {
+        k: v
+        for k, v in (parameters or {}).items()
+        if k not in RESERVED_PARAMETERS and not k.startswith(RESERVED_PARAMETER_PREFIX)
+    }
+
+
+def decode_request(spec: LossSpec, body: Buffer, header_length: str | None) -> Decoded:
+    """Parse and check a v2 inference body (JSON, or JSON header + binary tensors).
+
+    Raises:
+        InvalidRequest: malformed framing or JSON, or a body that is not an inference request.
+        InvalidTensor / ShapeMismatch: a tensor whose declared datatype, shape and data disagree.
+        InvalidInput: an unknown or repeated input or output name.
+    """
+    head, tail = split_body(body, header_length)
+    raw = parse_json(head, "inference request")
+    if not isinstance(raw, dict):
+        raise InvalidRequest("inference request must be a JSON object", field="body")
+    try:
+        request = InferRequest.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        raise from_validation_error(exc, "inference request") from None
+    entries = raw["inputs"]
+    binary = slice_binary_data(entries, tail, kind="input")
+    names = {t.name for t in spec.inputs + spec.tensor_params}
+    takes_grad_loss = GRAD_LOSS not in names
+    inputs: dict[str, tuple[np.ndarray, str]] = {}
+    grad_loss = None
+    for entry in entries:
+        name = entry["name"]
+        if name in inputs or (name == GRAD_LOSS and grad_loss is not None):
+            raise InvalidInput(f"input {name!r} is sent twice", field=name)
+        if name not in names and not (takes_grad_loss and name == GRAD_LOSS):
+            raise InvalidInput(
+                f"{spec.name}: unknown input {name!r}; it takes "
+                + ", ".join(sorted(names) + ([GRAD_LOSS] if takes_grad_loss else [])),
+                field=name,
+            )
+        decoded = (decode_tensor(entry, binary.get(name)), str(entry["datatype"]))
+        if name == GRAD_LOSS and takes_grad_loss:
+            grad_loss = decoded
+        else:
+            inputs[name] = decoded
+    plan = _plan(spec, request, set(inputs))
+    return Decoded(request.id, inputs, grad_loss, loss_params(request.parameters), plan)
+
+
+def encode_response(
+    spec: LossSpec,
+    decoded: Decoded,
+    loss: tuple[np.ndarray, str],
+    grads: Mapping[str, tuple[np.ndarray, str]],
+) -> tuple[list[Buffer], int | None]:
+    """The response chunks (JSON header, then binary outputs in order) and the header length
+    to announce (None when every output is in the JSON)."""
+    outputs: list[dict[str, Any]] = []
+    buffers: list[Buffer] = []
+    for name, binary in decoded.plan.outputs:
+        array, datatype = loss if name == LOSS else grads[name[len(GRAD_PREFIX) :]]
+        entry, raw = encode_tensor(name, array, binary=binary, datatype=datatype)
+        outputs.append(entry)
+        if raw is not None:
+            buffers.append(raw)
+    header: dict[str, Any] = {"model_name": spec.name, "model_version": spec.version or "1"}
+    if decoded.request_id is not None:
+        header["id"] = decoded.request_id
+    header["outputs"] = outputs
+    head = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
+    chunks, length = frame_body(head, buffers)
+    any_binary = any(binary for _, binary in decoded.plan.outputs)
+    return chunks, length if any_binary else None

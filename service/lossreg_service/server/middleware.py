@@ -1,0 +1,117 @@
+"""Per-request bookkeeping as one pure ASGI middleware (no body buffering, no extra task).
+
+- ``X-Request-ID`` on every response: the client's own (if sane) or a fresh one; it is in a
+  context variable, so every log line of the request carries it (`RequestIdFilter`).
+- One structured access-log record per request (method, route, status, duration, loss, outcome).
+- Metrics: in-flight gauge, duration by route template, compute-request outcome by loss.
+- The last line of defence: an unexpected exception becomes a logged 500 naming the request id
+  (with the header), instead of the server's bare error page.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import internal_error_response
+from .metrics import Metrics
+
+__all__ = ["REQUEST_ID_HEADER", "RequestContextMiddleware", "RequestIdFilter", "request_id_var"]
+
+REQUEST_ID_HEADER = "X-Request-ID"
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+_SANE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+log = logging.getLogger("lossreg.server")
+access_log = logging.getLogger("lossreg.access")
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``record.request_id`` (``-`` outside a request) for formats and JSON handlers."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = request_id_var.get()
+        return True
+
+
+class RequestContextMiddleware:
+    """Request id, access log, metrics and the 500 fallback, for HTTP requests."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        sent = _incoming_id(scope)
+        request_id = sent if sent and _SANE_ID.match(sent) else uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        status = 500
+        started = False
+        start = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                started = True
+                status = message["status"]
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("unexpected error handling %s %s", scope["method"], scope["path"])
+            status = 500
+            state.setdefault("error_code", "internal")
+            if not started:
+                await internal_error_response(request_id)(scope, receive, send_with_id)
+        finally:
+            self.metrics.in_flight.dec()
+            self._record(scope, state, status, time.perf_counter() - start)
+            request_id_var.reset(token)
+
+    def _record(self, scope: Scope, state: dict[str, Any], status: int, seconds: float) -> None:
+        route = scope.get("route")
+        template = getattr(route, "path_format", None) or "<unmatched>"
+        self.metrics.request_seconds.labels(route=template, method=scope["method"]).observe(seconds)
+        loss = state.get("loss")
+        outcome = state.get("error_code") or ("success" if status < 400 else f"http_{status}")
+        if state.get("compute"):
+            self.metrics.requests.labels(loss=loss or "<unknown>", outcome=outcome).inc()
+        access_log.info(
+            "%s %s %s %.1fms",
+            scope["method"],
+            scope["path"],
+            status,
+            seconds * 1000,
+            extra={
+                "method": scope["method"],
+                "path": scope["path"],
+                "route": template,
+                "status": status,
+                "duration_ms": round(seconds * 1000, 3),
+                "loss": loss,
+                "outcome": outcome,
+            },
+        )
+
+
+def _incoming_id(scope: Scope) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == b"x-request-id":
+            return value.decode("latin-1").strip()
+    return None

@@ -1,0 +1,187 @@
+"""lossreg's JSON API: the catalog, one loss's value and gradients, and compositions."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+import numpy as np
+import orjson
+import pydantic
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.responses import Response
+
+from lossreg.errors import InvalidParameter, LossRegError
+from lossreg.protocol import (
+    Buffer,
+    ComposeRequest,
+    ComposeResponse,
+    ErrorResponse,
+    EvaluateRequest,
+    EvaluateResponse,
+    LossListResponse,
+    LossSpecResponse,
+    torch_name,
+)
+
+from ...engine import Term
+from ...registry import Loss, LossRegistry
+from ..auth import require_api_key
+from ..body import encoded_response, read_body
+from ..catalog import spec_response
+from ..dataplane import Computation, Result, compute, single
+from ..deps import ExecutorDep, RegistryDep, SettingsDep
+from ..errors import from_validation_error
+from ..inference import parse_json
+from ..jsonapi import Form, decode_value, encode_value
+from ..openapi import request_body
+
+router = APIRouter(prefix="/v1", tags=["v1"], dependencies=[Depends(require_api_key)])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 422, 503, 504)
+}
+_JSON = orjson.OPT_SERIALIZE_NUMPY
+
+
+@router.get("/losses", response_model=LossListResponse, responses=_ERRORS)
+async def list_losses(
+    registry: RegistryDep,
+    pattern: Annotated[list[str] | None, Query(description="glob(s) on the name")] = None,
+    exclude: Annotated[list[str] | None, Query(description="globs to leave out")] = None,
+    tag: Annotated[list[str] | None, Query(description="keep losses with every tag")] = None,
+    available: Annotated[bool | None, Query(description="only (un)available losses")] = None,
+) -> LossListResponse:
+    """The registered losses whose name matches, in natural order, with their full specs."""
+    specs = registry.list(pattern, exclude=exclude or (), tags=tag or ())
+    if available is not None:
+        specs = [s for s in specs if s.available == available]
+    return LossListResponse(losses=[spec_response(s) for s in specs], count=len(specs))
+
+
+@router.get("/losses/{name}", response_model=LossSpecResponse, responses=_ERRORS)
+async def show_loss(name: str, registry: RegistryDep) -> LossSpecResponse:
+    """One loss: inputs, parameter JSON schema, doc, origin and availability."""
+    return spec_response(registry.spec(name))
+
+
+def _validate(model: type[pydantic.BaseModel], body: Buffer, what: str) -> Any:
+    raw = parse_json(body, what)
+    try:
+        return model.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        raise from_validation_error(exc, what) from None
+
+
+def _decode_inputs(
+    values: Mapping[str, Any],
+) -> tuple[dict[str, tuple[np.ndarray, str]], dict[str, Form]]:
+    inputs: dict[str, tuple[np.ndarray, str]] = {}
+    forms: dict[str, Form] = {}
+    for name, value in values.items():
+        array, datatype, form = decode_value(name, value)
+        inputs[name] = (array, datatype)
+        forms[name] = form
+    return inputs, forms
+
+
+def _grads(result: Result, forms: Mapping[str, Form]) -> dict[str, Any]:
+    return {n: encode_value(a, dt, forms[n]) for n, (a, dt) in result.grads.items()}
+
+
+@router.post("/losses/{name}/evaluate", response_model=EvaluateResponse, responses=_ERRORS,
+             openapi_extra=request_body("EvaluateRequest"))  # fmt: skip
+async def evaluate(
+    name: str,
+    request: Request,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    executor: ExecutorDep,
+) -> Response:
+    """Value and gradients of one loss; gradients come back in the form their input was sent."""
+    request.state.compute = True
+    loss = registry.get(name)
+    request.state.loss = loss.spec.name
+    body = await read_body(request, settings.max_request_bytes)
+    compute_dtype = request.app.state.compute_dtype
+
+    def work(device: Any) -> list[Buffer]:
+        req: EvaluateRequest = _validate(EvaluateRequest, body, "evaluate request")
+        inputs, forms = _decode_inputs(req.inputs)
+        grad_loss = None
+        if req.grad_loss is not None:
+            array, datatype, _ = decode_value("grad_loss", req.grad_loss)
+            grad_loss = (array, datatype)
+        computation = Computation(single(loss, req.params), inputs, grad=req.grad,
+                                  grad_loss=grad_loss, compute_dtype=compute_dtype)  # fmt: skip
+        result = compute(computation, device)
+        value, datatype = result.loss
+        out = {
+            "name": loss.spec.name,
+            "loss": encode_value(value, datatype, Form.NESTED),
+            "dtype": torch_name(datatype),
+            "shape": list(value.shape),
+            "grads": _grads(result, forms),
+        }
+        return [orjson.dumps(out, option=_JSON)]
+
+    chunks = await executor.run(work, loss=loss.spec.name)
+    return encoded_response(request, chunks, min_bytes=settings.compress_min_bytes)
+
+
+def _terms(registry: LossRegistry, req: ComposeRequest) -> list[Term]:
+    terms: list[Term] = []
+    for i, term in enumerate(req.terms):
+        try:
+            loss: Loss = registry.get(term.loss)
+        except LossRegError as exc:
+            raise type(exc)(exc.message, field=f"terms.{i}.loss", **exc.details) from None
+        terms.append(Term(loss, term.params, term.weight, term.label))
+    keys = [t.key for t in terms]
+    duplicates = sorted({k for k in keys if keys.count(k) > 1})
+    if duplicates:
+        raise InvalidParameter(
+            f"terms {duplicates[0]!r} appear more than once; give each a distinct 'label'",
+            field="terms",
+        )
+    return terms
+
+
+@router.post("/evaluate", response_model=ComposeResponse, responses=_ERRORS,
+             openapi_extra=request_body("ComposeRequest"))  # fmt: skip
+async def compose(
+    request: Request,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    executor: ExecutorDep,
+) -> Response:
+    """Several losses on the same inputs: the weighted total, each term, the total's gradient."""
+    request.state.compute = True
+    request.state.loss = "<composition>"
+    body = await read_body(request, settings.max_request_bytes)
+    compute_dtype = request.app.state.compute_dtype
+
+    def work(device: Any) -> list[Buffer]:
+        req: ComposeRequest = _validate(ComposeRequest, body, "compose request")
+        terms = _terms(registry, req)
+        inputs, forms = _decode_inputs(req.inputs)
+        computation = Computation(terms, inputs, grad=req.grad, compute_dtype=compute_dtype)
+        result = compute(computation, device)
+        value, _ = result.loss
+        if value.ndim != 0:
+            raise InvalidParameter(
+                f"term {terms[0].key!r} returns shape {list(value.shape)}; a composition needs "
+                "scalar terms (reduction 'mean' or 'sum')",
+                field="terms",
+            )
+        terms_out = result.terms or {terms[0].key: float(value)}
+        out = {
+            "loss": float(value),
+            "terms": terms_out,
+            "weights": {t.key: t.weight for t in terms},
+            "grads": _grads(result, forms),
+        }
+        return [orjson.dumps(out, option=_JSON)]
+
+    chunks = await executor.run(work, loss="<composition>")
+    return encoded_response(request, chunks, min_bytes=settings.compress_min_bytes)

@@ -1,0 +1,69 @@
+"""Run a real uvicorn server for given `Settings` in a background thread (httpx's test style).
+
+    with serve(Settings(api_keys=["k"])) as base_url:
+        httpx.get(f"{base_url}/v2/health/ready")
+
+The server binds 127.0.0.1 on a free port, is ready (lifespan done) when the block starts, and
+is shut down cleanly when it ends. Reused by the server and client tests: keep it stable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import uvicorn
+
+from lossreg_service.server import create_app
+from lossreg_service.settings import Settings
+
+__all__ = ["free_port", "serve"]
+
+
+def free_port() -> int:
+    """A port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class _ThreadServer(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # signals belong to the main thread (pytest)
+        pass
+
+
+@contextlib.contextmanager
+def serve(
+    settings: Settings | None = None, *, startup_timeout: float = 60.0
+) -> Iterator[str]:
+    """Yield the base URL (``http://127.0.0.1:<port>``) of a server running ``settings``."""
+    settings = settings or Settings(log_level="warning")
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    server = _ThreadServer(config)
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + startup_timeout
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("the test server failed to start (see its log above)")
+        if time.monotonic() > deadline:
+            server.should_exit = True
+            raise TimeoutError(f"the test server did not start within {startup_timeout} s")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
