@@ -256,7 +256,7 @@ _TENSOR_VALUE_SCHEMA = {
     "anyOf": [
         _NUMBERS,
         _NESTED,
-        {"$ref": "#/components/schemas/TensorPayload"},
+        TensorPayload.model_json_schema(),
     ],
 }
 TensorValue = Annotated[Any, WithJsonSchema(_TENSOR_VALUE_SCHEMA)]
