@@ -1,0 +1,305 @@
+"""Building request bodies and reading answers: the client's side of the wire, sans I/O.
+
+`Client` and `AsyncClient` differ only in how they wait; everything they send and everything
+they read back goes through here, so the two stay byte-for-byte the same.
+
+- Tensors travel by the KServe v2 binary extension: a JSON header (names, dtypes, shapes,
+  ``binary_data_size``) followed by each tensor's raw bytes, sent as ``memoryview`` chunks of the
+  caller's own memory.
+- The answer is read into one aligned, writable buffer; every output is a NumPy view of it.
+- An error answer becomes the exception class the server raised (`error_from_payload`).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+
+from ._arrays import Origin, WireArray, from_wire, is_torch_tensor
+from ._models import ComposeResult, EvaluateResult
+from .errors import (
+    InvalidParameter,
+    LossRegError,
+    ServerBusy,
+    TimeoutError,
+    TransportError,
+    error_from_payload,
+)
+from .protocol import (
+    HEADER_LENGTH,
+    Buffer,
+    ComposeResponse,
+    InferResponse,
+    array_from_bytes,
+    array_from_json,
+    datatype_from_torch_name,
+    decode_tensor,
+    encode_tensor,
+    frame_body,
+    slice_binary_data,
+    split_body,
+)
+
+__all__ = [
+    "Chunks",
+    "InferCall",
+    "compose_body",
+    "error_from_answer",
+    "infer_body",
+    "map_httpx_error",
+    "new_buffer",
+    "parse_compose",
+    "parse_infer",
+    "scalar_params",
+]
+
+_ALIGN = 64  # tensor data in answers starts on a 64-byte boundary (any dtype, SIMD loads)
+
+
+class Chunks(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A request body made of buffers sent one after the other, never joined by us."""
+
+    def __init__(self, chunks: Sequence[Buffer]) -> None:
+        self._chunks = chunks
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._chunks  # type: ignore[misc]  # memoryviews: h11 writes any bytes-like
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self._chunks:
+            yield chunk  # type: ignore[misc]
+
+
+@dataclasses.dataclass(frozen=True)
+class InferCall:
+    """A prepared ``/v2/models/{name}/infer`` request and what reading its answer needs."""
+
+    name: str
+    chunks: list[Buffer]
+    header_length: int
+    origins: dict[str, Origin]
+    loss_origin: Origin
+
+    @property
+    def size(self) -> int:
+        return sum(len(memoryview(c).cast("B")) for c in self.chunks)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {
+            HEADER_LENGTH: str(self.header_length),
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(self.size),
+            "Accept-Encoding": "identity",  # tensors barely compress; do not spend CPU on it
+        }
+
+
+def scalar_params(params: Mapping[str, Any] | None, *, kserve: bool) -> dict[str, Any]:
+    """Loss parameters as JSON values: numpy and one-element torch scalars become numbers.
+
+    KServe parameters can only be booleans, numbers and strings (``kserve=True`` enforces it).
+    """
+    out: dict[str, Any] = {}
+    for key, value in (params or {}).items():
+        if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim == 0):
+            value = value.item()
+        elif is_torch_tensor(value) and value.numel() == 1:
+            value = value.item()
+        if kserve and not (value is None or isinstance(value, (bool, int, float, str))):
+            raise InvalidParameter(
+                f"parameter {key!r}: a KServe request parameter must be a bool, number or "
+                f"string, got {type(value).__name__}",
+                field=key,
+            )
+        out[key] = value
+    return out
+
+
+def loss_origin(wires: Mapping[str, WireArray]) -> Origin:
+    """Where the loss goes back to: the first floating torch input, else any input."""
+    origins = [w.origin for w in wires.values()]
+    for origin in origins:
+        if origin.kind == "torch" and origin.dtype.is_floating_point:
+            return origin
+    for origin in origins:
+        if origin.kind == "torch":
+            return origin
+    return origins[0] if origins else Origin("numpy", None, np.dtype("float32"))
+
+
+def infer_body(
+    name: str,
+    wires: Mapping[str, WireArray],
+    params: Mapping[str, Any],
+    grad: Sequence[str] | None,
+    grad_loss: WireArray | None,
+) -> InferCall:
+    """The framed binary request: JSON header, then each input's bytes, in order."""
+    inputs: list[dict[str, Any]] = []
+    buffers: list[Buffer] = []
+    items = list(wires.items()) + ([("grad_loss", grad_loss)] if grad_loss is not None else [])
+    for input_name, wire in items:
+        entry, raw = encode_tensor(input_name, wire.array, binary=True, datatype=wire.datatype)
+        inputs.append(entry)
+        assert raw is not None
+        buffers.append(raw)
+    parameters = scalar_params(params, kserve=True)
+    header: dict[str, Any] = {"inputs": inputs}
+    if grad is None:
+        parameters["binary_data_output"] = True
+    else:
+        header["outputs"] = [
+            {"name": out, "parameters": {"binary_data": True}}
+            for out in ["loss", *(f"grad_{g}" for g in dict.fromkeys(grad))]
+        ]
+    if parameters:
+        header["parameters"] = parameters
+    chunks, header_length = frame_body(header, buffers)
+    origins = {n: w.origin for n, w in wires.items()}
+    return InferCall(name, chunks, header_length, origins, loss_origin(wires))
+
+
+def _writable_aligned(array: np.ndarray) -> np.ndarray:
+    """Outputs are views of our buffer; one whose start is not aligned is copied once."""
+    return array if array.flags.aligned and array.flags.writeable else array.copy()
+
+
+def parse_infer(call: InferCall, response: httpx.Response, body: np.ndarray) -> EvaluateResult:
+    """The loss and gradients of an infer answer, in the caller's kind, device and dtype."""
+    try:
+        header_view, data = split_body(memoryview(body), response.headers.get(HEADER_LENGTH))
+        answer = InferResponse.model_validate(orjson.loads(header_view))
+        outputs = [o.model_dump(exclude_none=True) for o in answer.outputs]
+        raws = slice_binary_data(outputs, data, kind="output")
+        arrays = {o["name"]: decode_tensor(o, raws.get(o["name"])) for o in outputs}
+    except (LossRegError, ValueError) as exc:
+        raise TransportError(f"malformed answer from the server for {call.name!r}: {exc}") from exc
+    datatypes = {o["name"]: o["datatype"] for o in outputs}
+    if "loss" not in arrays:
+        raise TransportError(f"the server's answer for {call.name!r} has no 'loss' output")
+    loss = from_wire(
+        _writable_aligned(arrays.pop("loss")), datatypes["loss"], call.loss_origin, cast=False
+    )
+    grads = {}
+    for out, array in arrays.items():
+        input_name = out.removeprefix("grad_")
+        origin = call.origins.get(input_name, call.loss_origin)
+        grads[input_name] = from_wire(_writable_aligned(array), datatypes[out], origin, cast=True)
+    return EvaluateResult(call.name, loss, grads)
+
+
+def tensor_payload(wire: WireArray) -> dict[str, Any]:
+    """A ``TensorPayload`` carrying raw bytes as base64 (the /v1 JSON API's binary form)."""
+    raw = memoryview(wire.array).cast("B") if wire.array.size else b""
+    return {
+        "dtype": wire.dtype_name,
+        "shape": list(wire.array.shape),
+        "b64": base64.b64encode(raw).decode("ascii"),
+    }
+
+
+def compose_body(
+    terms: Sequence[Mapping[str, Any]], wires: Mapping[str, WireArray], grad: Sequence[str] | None
+) -> bytes:
+    """The ``POST /v1/evaluate`` JSON body (tensors as base64 payloads)."""
+    body: dict[str, Any] = {
+        "terms": [dict(t) for t in terms],
+        "inputs": {name: tensor_payload(w) for name, w in wires.items()},
+    }
+    if grad is not None:
+        body["grad"] = list(grad)
+    return orjson.dumps(body)
+
+
+def _payload_array(name: str, value: Any, dtype_hint: str) -> tuple[np.ndarray, str]:
+    """A /v1 tensor (nested lists, a number, or a TensorPayload dict) as a fresh array."""
+    if isinstance(value, Mapping):
+        datatype = datatype_from_torch_name(str(value.get("dtype", dtype_hint)), name)
+        shape = value.get("shape")
+        if value.get("b64") is not None:
+            raw = bytearray(base64.b64decode(value["b64"], validate=True))
+            return array_from_bytes(name, datatype, shape, raw), datatype
+        return array_from_json(name, datatype, shape, value.get("data")), datatype
+    data = np.asarray(value)
+    datatype = datatype_from_torch_name(dtype_hint, name)
+    return array_from_json(name, datatype, list(data.shape), value), datatype
+
+
+def parse_compose(body: np.ndarray, wires: Mapping[str, WireArray]) -> ComposeResult:
+    """The total, terms and gradients of a ``/v1/evaluate`` answer, in the caller's kind."""
+    try:
+        answer = ComposeResponse.model_validate(orjson.loads(memoryview(body)))
+        grads: dict[str, Any] = {}
+        for name, value in answer.grads.items():
+            wire = wires.get(name)
+            hint = wire.dtype_name if wire is not None else "float32"
+            array, datatype = _payload_array(name, value, hint)
+            origin = wire.origin if wire is not None else loss_origin(wires)
+            grads[name] = from_wire(array, datatype, origin, cast=True)
+    except (LossRegError, ValueError) as exc:
+        raise TransportError(f"malformed answer from the server to a composition: {exc}") from exc
+    origin = loss_origin(wires)
+    loss = from_wire(np.array(answer.loss, dtype=np.float64), "FP64", origin, cast=False)
+    if origin.kind == "torch" and origin.dtype.is_floating_point:
+        loss = loss.to(origin.dtype)
+    return ComposeResult(loss, dict(answer.terms), dict(answer.weights), grads)
+
+
+def new_buffer(size: int, header_length: int | None) -> np.ndarray:
+    """A writable ``uint8`` buffer for a body whose binary part starts 64-byte aligned."""
+    raw = np.empty(size + _ALIGN, dtype=np.uint8)
+    offset = (-(raw.ctypes.data + (header_length or 0))) % _ALIGN
+    return raw[offset : offset + size]
+
+
+def expected_size(response: httpx.Response) -> int | None:
+    """The decoded body's size when the headers tell it (no compression), else None."""
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    length = response.headers.get("Content-Length")
+    if encoding not in ("", "identity") or length is None or not length.strip().isdigit():
+        return None
+    return int(length)
+
+
+def header_length(response: httpx.Response) -> int | None:
+    value = response.headers.get(HEADER_LENGTH)
+    return int(value) if value is not None and value.strip().isdigit() else None
+
+
+def error_from_answer(response: httpx.Response, body: np.ndarray) -> LossRegError:
+    """The exception the server raised, rebuilt from its error answer."""
+    raw = memoryview(body)
+    try:
+        payload: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        payload = bytes(raw).decode("utf-8", "replace").strip()
+    error = error_from_payload(response.status_code, payload)
+    if isinstance(error, ServerBusy) and "retry_after" not in error.details:
+        retry_after = response.headers.get("Retry-After")
+        if retry_after is not None:
+            error.details["retry_after"] = retry_after
+    request_id = response.headers.get("X-Request-ID")
+    if request_id and "request_id" not in error.details:
+        error.details["request_id"] = request_id
+    return error
+
+
+def map_httpx_error(exc: httpx.RequestError, attempts: int) -> LossRegError:
+    """An httpx failure as the client's error class, most specific first."""
+    try:
+        url = str(exc.request.url)
+    except RuntimeError:  # an error raised before any request was made
+        url = "the server"
+    tries = f" (after {attempts} attempts)" if attempts > 1 else ""
+    if isinstance(exc, httpx.TimeoutException):
+        kind = type(exc).__name__
+        return TimeoutError(f"{kind} talking to {url}{tries}: {exc}", url=url, attempts=attempts)
+    return TransportError(
+        f"{type(exc).__name__} talking to {url}{tries}: {exc}", url=url, attempts=attempts
+    )

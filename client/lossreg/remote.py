@@ -1,0 +1,247 @@
+"""`RemoteLoss`: a loss computed by a lossreg server that trains like a local ``nn.Module`` loss.
+
+Its forward sends the tensors and returns the value as a tensor in the caller's autograd graph
+(a custom ``torch.autograd.Function``); its backward hands the server's gradients to the inputs.
+
+- A reduced (scalar) loss costs one round trip: the gradients come back with the value and are
+  scaled locally by the upstream gradient (1 for ``loss.backward()``, the scale under a
+  GradScaler, a weight in a sum of losses).
+- An unreduced loss (``reduction='none'``) cannot be differentiated before its upstream gradient
+  is known, so backward sends that gradient to the server (``grad_loss``) in a second round trip.
+- Gradients are requested only for inputs that require them, and only when grad mode is on.
+- Under autocast, low-precision inputs are computed in float32, as autocast does for torch's own
+  losses; their gradients flow back in the inputs' dtype.
+
+This module imports torch; ``import lossreg`` loads it only when `RemoteLoss` is first used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from ._client import Client
+from ._config import DEFAULT_RETRIES, DEFAULT_TIMEOUT
+from .protocol import LossSpecResponse
+
+__all__ = ["RemoteLoss"]
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+class RemoteLoss(nn.Module):
+    """A loss from a lossreg server, usable wherever a ``torch.nn`` loss is.
+
+    Example::
+
+        loss_fn = RemoteLoss("focal", url="http://lossreg:8000", gamma=2.0)
+        for step, (x, y) in enumerate(loader):
+            loss_fn.params["gamma"] = schedule(step)  # parameters may change every step
+            loss = loss_fn(model(x), y)
+            loss.backward()
+
+    Args:
+        name: the loss's registry name.
+        client: the `Client` to use (shared between losses); default: one for ``url``.
+        url: the server, when no client is given (default ``$LOSSREG_URL``).
+        **params: the loss's scalar parameters (``reduction``, ``gamma``...); they live in the
+            mutable dict ``self.params``, read at every forward.
+    """
+
+    def __init__(
+        self, name: str, client: Client | None = None, url: str | None = None, **params: Any
+    ) -> None:
+        super().__init__()
+        if client is not None and url is not None:
+            raise ValueError("RemoteLoss takes a client or a url, not both")
+        self.name = name
+        self.params: dict[str, Any] = dict(params)
+        self._client = client
+        self._owns_client = client is None
+        self._url = url if client is None else str(client.url)
+        self._client_config = _client_config(client)
+
+    # -- configuration ---------------------------------------------------------------------------
+
+    @property
+    def client(self) -> Client:
+        """The client, created on first use (and again after pickling or deepcopy)."""
+        if self._client is None:
+            self._client = Client(self._url, **self._client_config)
+            self._owns_client = True
+        return self._client
+
+    @property
+    def spec(self) -> LossSpecResponse:
+        """The loss's spec, as the server describes it (fetched once, then cached)."""
+        return self.client.spec(self.name)
+
+    def set_params(self, **params: Any) -> RemoteLoss:
+        """Update some parameters (a loss-weight schedule, say); returns the loss itself."""
+        self.params.update(params)
+        return self
+
+    def close(self) -> None:
+        """Close the client's connections if this loss created the client."""
+        if self._client is not None and self._owns_client:
+            self._client.close()
+            self._client = None
+
+    def extra_repr(self) -> str:
+        params = "".join(f", {k}={v!r}" for k, v in self.params.items())
+        return f"{self.name!r}, url={self._url or self.client.url!s}{params}"
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A client holds sockets; a copy (pickle, deepcopy, DDP spawn) makes its own lazily.
+        state = self.__dict__.copy()
+        state["_client"] = None
+        state["_owns_client"] = True
+        return state
+
+    # -- compute ---------------------------------------------------------------------------------
+
+    def forward(self, *tensors: Any, **named_tensors: Any) -> torch.Tensor:
+        """The loss of the given tensors (positional in the order of the loss's inputs)."""
+        spec = self.spec
+        bound = _bind(self.name, spec, tensors, named_tensors)
+        bound = _autocast_inputs(bound)
+        differentiable = {t.name for t in spec.inputs if t.differentiable}
+        grad = [
+            n
+            for n, t in bound.items()
+            if n in differentiable and t.requires_grad and t.is_floating_point()
+        ]
+        params = dict(self.params)
+        if not grad or not torch.is_grad_enabled():
+            return self.client.evaluate(self.name, params=params, grad=[], **bound).loss
+        reduced = params.get("reduction", _default(spec, "reduction")) != "none"
+        call = _Call(self.client, self.name, params, tuple(bound), tuple(grad), eager=reduced)
+        devices = {t.device.type for t in bound.values()}
+        with _autocast_off(devices):
+            return _RemoteLossFunction.apply(call, *bound.values())
+
+
+@dataclasses.dataclass(frozen=True)
+class _Call:
+    """What the autograd function needs besides the tensors."""
+
+    client: Client
+    name: str
+    params: dict[str, Any]
+    names: tuple[str, ...]
+    grad: tuple[str, ...]
+    eager: bool  # ask for gradients in forward (a reduced loss): one round trip
+
+
+class _RemoteLossFunction(torch.autograd.Function):
+    """The loss value in forward; the server's gradients in backward."""
+
+    @staticmethod
+    def forward(ctx: Any, call: _Call, *tensors: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        named = dict(zip(call.names, tensors))
+        result = call.client.evaluate(
+            call.name, params=call.params, grad=list(call.grad) if call.eager else [], **named
+        )
+        ctx.call = call
+        if call.eager and result.loss.dim() == 0:
+            ctx.grads = result.grads
+        else:  # the upstream gradient is needed: backward asks the server again
+            ctx.grads = None
+            ctx.save_for_backward(*tensors)
+        return result.loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        call: _Call = ctx.call
+        if ctx.grads is not None:
+            grads = {n: _scale(g, grad_output) for n, g in ctx.grads.items()}
+        else:
+            named = dict(zip(call.names, ctx.saved_tensors))
+            result = call.client.evaluate(
+                call.name,
+                params=call.params,
+                grad=list(call.grad),
+                grad_loss=grad_output.contiguous(),
+                **named,
+            )
+            grads = result.grads
+        out = [
+            grads.get(n) if needed else None
+            for n, needed in zip(call.names, ctx.needs_input_grad[1:])
+        ]
+        return (None, *out)
+
+
+def _scale(grad: torch.Tensor, upstream: torch.Tensor) -> torch.Tensor:
+    """``upstream * grad``, in float32 at least, so a GradScaler's scale does not overflow."""
+    if grad.dtype in _LOW_PRECISION:
+        return (grad.float() * upstream.float()).to(grad.dtype)
+    return grad * upstream.to(grad.dtype)
+
+
+def _bind(
+    name: str, spec: LossSpecResponse, tensors: tuple[Any, ...], named: Mapping[str, Any]
+) -> dict[str, torch.Tensor]:
+    """Tensors by input name: positional ones in the spec's order, ``None`` ones left out."""
+    order = [t.name for t in spec.inputs] + [t.name for t in spec.tensor_params]
+    if len(tensors) > len(order):
+        raise TypeError(
+            f"{name} takes at most {len(order)} tensors ({', '.join(order)}), got {len(tensors)}"
+        )
+    bound: dict[str, torch.Tensor] = {}
+    for key, value in [*zip(order, tensors), *named.items()]:
+        if key in bound:
+            raise TypeError(f"{name} got two values for input {key!r}")
+        if value is not None:
+            bound[key] = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+    return bound
+
+
+def _autocast_inputs(bound: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Under autocast, compute low-precision floats in float32 (as autocast does for losses)."""
+    out = {}
+    for name, t in bound.items():
+        if t.dtype in _LOW_PRECISION and torch.is_autocast_enabled(t.device.type):
+            t = t.float()  # differentiable: the gradient is cast back to t's dtype
+        out[name] = t
+    return out
+
+
+class _autocast_off:
+    """Disable autocast on the given device types while the remote call runs."""
+
+    def __init__(self, device_types: set[str]) -> None:
+        self._contexts = [
+            torch.autocast(d, enabled=False) for d in sorted(device_types)
+            if torch.is_autocast_enabled(d)
+        ]  # fmt: skip
+
+    def __enter__(self) -> None:
+        for c in self._contexts:
+            c.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        for c in reversed(self._contexts):
+            c.__exit__(*exc)
+
+
+def _default(spec: LossSpecResponse, param: str) -> Any:
+    return spec.params_schema.get("properties", {}).get(param, {}).get("default")
+
+
+def _client_config(client: Client | None) -> dict[str, Any]:
+    """What rebuilding an equivalent client takes (after pickling)."""
+    if client is None:
+        return {"timeout": DEFAULT_TIMEOUT, "retries": DEFAULT_RETRIES}
+    return {
+        "api_key": client.api_key,
+        "timeout": client.timeout,
+        "retries": client.retries,
+        "validate": client.validate,
+    }
