@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 
 import uvicorn
+from fastapi import FastAPI
 
 from lossreg_service.server import create_app
 from lossreg_service.settings import Settings
@@ -37,13 +38,23 @@ class _ThreadServer(uvicorn.Server):
 
 @contextlib.contextmanager
 def serve(
-    settings: Settings | None = None, *, startup_timeout: float = 60.0
+    settings: Settings | None = None,
+    *,
+    app: FastAPI | None = None,
+    startup_timeout: float = 60.0,
 ) -> Iterator[str]:
-    """Yield the base URL (``http://127.0.0.1:<port>``) of a server running ``settings``."""
-    settings = settings or Settings(log_level="warning")
+    """Yield the base URL (``http://127.0.0.1:<port>``) of a server running ``settings``.
+
+    Args:
+        settings: the app's settings (default: the environment's, quiet logs).
+        app: an app already built (tests that add a route); ``settings`` is then ignored.
+        startup_timeout: seconds to wait for the lifespan (registry build) to finish.
+    """
+    if app is None:
+        app = create_app(settings or Settings(log_level="warning"))
     port = free_port()
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host="127.0.0.1",
         port=port,
         log_level="warning",

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lossreg.errors import ComputeError, InvalidTensor
 from lossreg.protocol import datatype_from_torch_name
 
 from ..engine import Evaluation, Term, dtype_name, evaluate_terms
@@ -43,7 +44,13 @@ def to_numpy(tensor: torch.Tensor) -> tuple[np.ndarray, str]:
     t = t.contiguous()
     if t.dtype == torch.bfloat16:
         return t.view(torch.int16).numpy().view("<u2"), "BF16"
-    return t.numpy(), datatype_from_torch_name(dtype_name(t.dtype))
+    try:
+        datatype = datatype_from_torch_name(dtype_name(t.dtype))
+    except InvalidTensor:  # the loss's fault, not the request's
+        raise ComputeError(
+            f"the loss returned a {dtype_name(t.dtype)} tensor, which the protocol cannot carry"
+        ) from None
+    return t.numpy(), datatype
 
 
 @dataclasses.dataclass(frozen=True)
