@@ -104,11 +104,12 @@ def focal(
         binary      input [B, 1, ...]  target mask [B, ...] or [B, 1, ...]
         multiclass  input [B, C, ...]  target class indices [B, ...]
         multilabel  input [B, C, ...]  target masks [B, C, ...]
-    reduction='none' returns the per-element loss [B, C, ...] (binary, multilabel; without
-    channel 0 if include_background=false) or the per-pixel loss [B, ...] (multiclass, where
-    include_background=false zeroes the pixels of class 0); ignored pixels are 0. 'mean'
-    averages over the pixels (elements) not ignored. The loss is float32 for float16/bfloat16
-    inputs, float64 for float64.
+    include_background=false drops channel 0 (multilabel) or leaves the pixels of class 0 out
+    (multiclass: the softmax still runs over all C classes, where MONAI's FocalLoss drops the
+    background logit first). reduction='none' returns the per-element loss [B, C, ...] (binary,
+    multilabel) or the per-pixel loss [B, ...] (multiclass); ignored pixels are 0. 'mean'
+    averages over the pixels (elements) not ignored, class-0 pixels included. The loss is
+    float32 for float16/bfloat16 inputs, float64 for float64.
 
     Example::
 
