@@ -1,0 +1,53 @@
+"""Structured logs: every request's record carries its request id, and renders as JSON."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from lossreg_service.server.logs import JsonFormatter
+from lossreg_service.server.middleware import RequestIdFilter
+from lossreg_service.settings import Settings
+
+from ._server import serve
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+        self.addFilter(RequestIdFilter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def collected() -> Iterator[_Collect]:
+    handler = _Collect()
+    logger = logging.getLogger("lossreg")
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
+
+
+def test_access_and_error_logs_carry_the_request_id(collected: _Collect) -> None:
+    with serve(Settings(device="cpu", log_level="info")) as url:
+        ok = httpx.post(f"{url}/v1/losses/mse_loss/evaluate", headers={"X-Request-ID": "log-1"},
+                        json={"inputs": {"input": [1.0], "target": [0.0]}})  # fmt: skip
+        bad = httpx.get(f"{url}/v2/models/nope", headers={"X-Request-ID": "log-2"})
+    assert ok.status_code == 200 and bad.status_code == 404
+    access = {r.request_id: r for r in collected.records if r.name == "lossreg.access"}
+    assert access["log-1"].status == 200 and access["log-1"].loss == "mse_loss"
+    assert access["log-1"].route == "/v1/losses/{name}/evaluate"
+    assert access["log-2"].status == 404
+    errors = [
+        r for r in collected.records if r.name == "lossreg.server" and r.request_id == "log-2"
+    ]
+    assert errors and "no loss named 'nope'" in errors[0].getMessage()
+    line = json.loads(JsonFormatter().format(access["log-1"]))
+    assert line["request_id"] == "log-1" and line["status"] == 200 and line["level"] == "info"
