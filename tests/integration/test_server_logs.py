@@ -37,8 +37,11 @@ def collected() -> Iterator[_Collect]:
 
 def test_access_and_error_logs_carry_the_request_id(collected: _Collect) -> None:
     with serve(Settings(device="cpu", log_level="info")) as url:
-        ok = httpx.post(f"{url}/v1/losses/mse_loss/evaluate", headers={"X-Request-ID": "log-1"},
-                        json={"inputs": {"input": [1.0], "target": [0.0]}})  # fmt: skip
+        ok = httpx.post(
+            f"{url}/v1/losses/mse_loss/evaluate",
+            headers={"X-Request-ID": "log-1"},
+            json={"inputs": {"input": [1.0], "target": [0.0]}},
+        )
         bad = httpx.get(f"{url}/v2/models/nope", headers={"X-Request-ID": "log-2"})
     assert ok.status_code == 200 and bad.status_code == 404
     access = {r.request_id: r for r in collected.records if r.name == "lossreg.access"}

@@ -87,8 +87,14 @@ def model_metadata(spec: LossSpec) -> ModelMetadataResponse:
                 parameters={"optional": True, "differentiable": False, "shape": "like loss"},
             )
         )
-    outputs = [MetadataTensor(name=LOSS, datatype="FP32", shape=[-1],
-                              parameters={"shape": "[] unless reduction='none'"})]  # fmt: skip
+    outputs = [
+        MetadataTensor(
+            name=LOSS,
+            datatype="FP32",
+            shape=[-1],
+            parameters={"shape": "[] unless reduction='none'"},
+        )
+    ]
     outputs += [_tensor(ts, GRAD_PREFIX + ts.name) for ts in tensors if ts.differentiable]
     return ModelMetadataResponse(
         name=spec.name,

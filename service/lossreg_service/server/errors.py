@@ -85,8 +85,15 @@ async def _lossreg_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, LossRegError)
     request.state.error_code = exc.code
     level = logging.WARNING if exc.status_code >= 500 else logging.INFO
-    log.log(level, "%s %s -> %s %s: %s", request.method, request.url.path, exc.status_code,
-            exc.code, exc.message)  # fmt: skip
+    log.log(
+        level,
+        "%s %s -> %s %s: %s",
+        request.method,
+        request.url.path,
+        exc.status_code,
+        exc.code,
+        exc.message,
+    )
     return error_response(exc.status_code, exc.to_dict(), _headers(exc, request))
 
 

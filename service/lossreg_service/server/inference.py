@@ -78,8 +78,9 @@ def _plan(spec: LossSpec, request: InferRequest, sent: set[str]) -> OutputPlan:
     known = [LOSS] + [GRAD_PREFIX + n for n in differentiable]
     if not request.outputs:
         grads = [n for n in differentiable if n in sent]
-        return OutputPlan([(n, binary_default) for n in [LOSS] + [GRAD_PREFIX + g for g in grads]],
-                          None)  # fmt: skip
+        return OutputPlan(
+            [(n, binary_default) for n in [LOSS] + [GRAD_PREFIX + g for g in grads]], None
+        )
     outputs: list[tuple[str, bool]] = []
     for requested in request.outputs:
         if requested.name not in known:

@@ -68,26 +68,39 @@ class Metrics:
         self._devices: Sequence[torch.device] = ()
         r = self.registry
         self.requests = Counter(
-            "lossreg_requests", "Compute requests by loss and outcome", ["loss", "outcome"],
+            "lossreg_requests",
+            "Compute requests by loss and outcome",
+            ["loss", "outcome"],
             registry=r,
-        )  # fmt: skip
+        )
         self.request_seconds = Histogram(
-            "lossreg_request_duration_seconds", "Request duration, receipt to last byte",
-            ["route", "method"], buckets=_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "lossreg_request_duration_seconds",
+            "Request duration, receipt to last byte",
+            ["route", "method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.queue_seconds = Histogram(
-            "lossreg_queue_duration_seconds", "Time waiting for a compute worker", ["device"],
-            buckets=_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "lossreg_queue_duration_seconds",
+            "Time waiting for a compute worker",
+            ["device"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.compute_seconds = Histogram(
-            "lossreg_compute_duration_seconds", "Decode + evaluate + encode time on a worker",
-            ["loss", "device"], buckets=_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "lossreg_compute_duration_seconds",
+            "Decode + evaluate + encode time on a worker",
+            ["loss", "device"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.in_flight = Gauge("lossreg_requests_in_flight", "Requests being handled", registry=r)
         self.queued = Gauge(
-            "lossreg_requests_queued", "Requests waiting for a compute worker", ["device"],
+            "lossreg_requests_queued",
+            "Requests waiting for a compute worker",
+            ["device"],
             registry=r,
-        )  # fmt: skip
+        )
         self.running = Gauge(
             "lossreg_requests_running", "Computations running", ["device"], registry=r
         )

@@ -89,8 +89,12 @@ def _grads(result: Result, forms: Mapping[str, Form]) -> dict[str, Any]:
     return {n: encode_value(a, dt, forms[n]) for n, (a, dt) in result.grads.items()}
 
 
-@router.post("/losses/{name}/evaluate", response_model=EvaluateResponse, responses=_ERRORS,
-             openapi_extra=request_body("EvaluateRequest"))  # fmt: skip
+@router.post(
+    "/losses/{name}/evaluate",
+    response_model=EvaluateResponse,
+    responses=_ERRORS,
+    openapi_extra=request_body("EvaluateRequest"),
+)
 async def evaluate(
     name: str,
     request: Request,
@@ -112,8 +116,13 @@ async def evaluate(
         if req.grad_loss is not None:
             array, datatype, _ = decode_value("grad_loss", req.grad_loss)
             grad_loss = (array, datatype)
-        computation = Computation(single(loss, req.params), inputs, grad=req.grad,
-                                  grad_loss=grad_loss, compute_dtype=compute_dtype)  # fmt: skip
+        computation = Computation(
+            single(loss, req.params),
+            inputs,
+            grad=req.grad,
+            grad_loss=grad_loss,
+            compute_dtype=compute_dtype,
+        )
         result = compute(computation, device)
         value, datatype = result.loss
         out = {
@@ -147,8 +156,12 @@ def _terms(registry: LossRegistry, req: ComposeRequest) -> list[Term]:
     return terms
 
 
-@router.post("/evaluate", response_model=ComposeResponse, responses=_ERRORS,
-             openapi_extra=request_body("ComposeRequest"))  # fmt: skip
+@router.post(
+    "/evaluate",
+    response_model=ComposeResponse,
+    responses=_ERRORS,
+    openapi_extra=request_body("ComposeRequest"),
+)
 async def compose(
     request: Request,
     registry: RegistryDep,

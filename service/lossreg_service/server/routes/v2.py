@@ -66,8 +66,9 @@ async def ready(name: str, registry: RegistryDep) -> ModelReadyResponse:
     return ModelReadyResponse(name=registry.get(name).spec.name, ready=True)
 
 
-@router.get("/{name}/versions/{version}/ready", response_model=ModelReadyResponse,
-            responses=_ERRORS)  # fmt: skip
+@router.get(
+    "/{name}/versions/{version}/ready", response_model=ModelReadyResponse, responses=_ERRORS
+)
 async def ready_version(name: str, version: str, registry: RegistryDep) -> ModelReadyResponse:
     """Readiness of one version."""
     loss = registry.get(name)
@@ -107,8 +108,13 @@ def _resolve(request: Request, registry: RegistryDep, name: str) -> Loss:
     return loss
 
 
-@router.post("/{name}/infer", response_model=InferResponse, responses=_ERRORS,
-             openapi_extra=_INFER_BODY, description=_INFER_DOC)  # fmt: skip
+@router.post(
+    "/{name}/infer",
+    response_model=InferResponse,
+    responses=_ERRORS,
+    openapi_extra=_INFER_BODY,
+    description=_INFER_DOC,
+)
 async def infer(
     name: str,
     request: Request,
@@ -120,9 +126,13 @@ async def infer(
     return await _infer(request, _resolve(request, registry, name), settings, executor)
 
 
-@router.post("/{name}/versions/{version}/infer", response_model=InferResponse,
-             responses=_ERRORS, openapi_extra=_INFER_BODY,
-             description=_INFER_DOC)  # fmt: skip
+@router.post(
+    "/{name}/versions/{version}/infer",
+    response_model=InferResponse,
+    responses=_ERRORS,
+    openapi_extra=_INFER_BODY,
+    description=_INFER_DOC,
+)
 async def infer_version(
     name: str,
     version: str,
