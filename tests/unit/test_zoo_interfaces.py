@@ -197,3 +197,31 @@ def test_http_bad_input_is_422_naming_the_field(
     assert r.json()["field"] == field
     if field == "input":
         assert r.json()["code"] == InvalidInput.code
+
+
+# -- on a GPU ---------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ZOO)
+def test_cuda_matches_cpu(name: str, registry: LossRegistry) -> None:
+    inputs, params = _case(name)
+    on_cpu = evaluate(registry.get(name), inputs, params)
+    on_gpu = evaluate(registry.get(name), inputs, params, device="cuda")
+    torch.testing.assert_close(on_gpu.loss.cpu(), on_cpu.loss, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        on_gpu.grads["input"].cpu(), on_cpu.grads["input"], rtol=1e-4, atol=1e-5
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bad_class_index_is_an_error_not_a_device_assert(registry: LossRegistry) -> None:
+    """Checked before one_hot/gather, which would abort the CUDA context on index 7."""
+    inputs = {"input": torch.randn(2, 3, 4), "target": torch.full((2, 4), 7)}
+    for name in ("dice", "focal", "lovasz_softmax", "weighted_cross_entropy"):
+        with pytest.raises(InvalidInput) as caught:
+            evaluate(registry.get(name), inputs, device="cuda")
+        assert caught.value.field == "target"
+    assert torch.isfinite(torch.ones(1, device="cuda").sum())  # the context is still usable
