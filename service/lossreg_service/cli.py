@@ -127,10 +127,12 @@ def show(name: Annotated[str, typer.Argument(help="Loss name, bare or dist:name.
     for column in ("name", "type", "default", "constraints"):
         params.add_column(column, overflow="fold")
     for pname, schema in spec.params_schema.get("properties", {}).items():
+        parts = [schema, *schema.get("anyOf", [])]  # nullable parameters nest their range
         constraints = ", ".join(
-            f"{k}={schema[k]}"
+            f"{k}={part[k]}"
+            for part in parts
             for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
-            if k in schema
+            if k in part
         )
         params.add_row(pname, _schema_type(schema), repr(schema.get("default")), constraints)
     console.print(params)
