@@ -115,11 +115,10 @@ class BaseClient:
         if params:
             url = url.copy_merge_params(params)
         if chunks is not None:
-            # Built without a body (so httpx adds Host), then given the unjoined chunks;
-            # the caller's headers carry the Content-Length.
-            request = httpx.Request(method, url, headers=merged)
-            request.stream = Chunks(chunks)
-            return request
+            # A body of unjoined chunks: httpx adds no headers then, so Host is ours to set
+            # (the caller's headers carry the Content-Length).
+            merged.setdefault("Host", url.netloc.decode("ascii"))
+            return httpx.Request(method, url, headers=merged, stream=Chunks(chunks))
         if content is not None:
             merged.setdefault("Content-Type", "application/json")
         return httpx.Request(method, url, headers=merged, content=content)
@@ -302,7 +301,7 @@ class Client(BaseClient):
             return body
         body = new_buffer(size, header_length(response))
         pos = 0
-        for chunk in response.iter_raw():
+        for chunk in response.iter_bytes():
             end = pos + len(chunk)
             if end > size:
                 raise TransportError(f"the answer is longer than its Content-Length {size}")
@@ -484,7 +483,7 @@ class AsyncClient(BaseClient):
             return body
         body = new_buffer(size, header_length(response))
         pos = 0
-        async for chunk in response.aiter_raw():
+        async for chunk in response.aiter_bytes():
             end = pos + len(chunk)
             if end > size:
                 raise TransportError(f"the answer is longer than its Content-Length {size}")
