@@ -6,7 +6,7 @@ pass their own. List-valued settings take JSON (``'["a*", "b"]'``) or a comma-se
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -67,6 +67,11 @@ class Settings(BaseSettings):
         1024,
         ge=0,
         description="Responses at least this big are compressed if Accept-Encoding asks.",
+    )
+    nonfinite: Literal["reject", "allow"] = Field(
+        "reject",
+        description="NaN/Inf in inputs or results: reject (422 non_finite) or allow (computed, "
+        "and the response lists the non-finite outputs); a request may choose per call.",
     )
 
     @field_validator("plugins", "allow", "deny", "api_keys", mode="before")

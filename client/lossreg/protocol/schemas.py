@@ -14,7 +14,7 @@ Every error body is an `ErrorResponse`.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -262,6 +262,15 @@ _TENSOR_VALUE_SCHEMA = {
 TensorValue = Annotated[Any, WithJsonSchema(_TENSOR_VALUE_SCHEMA)]
 """A v1 tensor: a number, nested lists, or a `TensorPayload` dict (converted by numpy)."""
 
+NonFiniteMode = Literal["reject", "allow"]
+_NONFINITE_MODE_DOC = (
+    "NaN/Inf in the inputs or results: 'reject' (422 non_finite) or 'allow' (computed; the "
+    "response lists the non-finite outputs); omitted: the server's LOSSREG_NONFINITE"
+)
+_NONFINITE_DOC = (
+    "outputs holding NaN or Inf ('loss', 'grad_<input>'); in JSON such values read null"
+)
+
 
 class TensorSpecResponse(BaseModel):
     """One tensor a loss takes (input or tensor parameter)."""
@@ -314,6 +323,7 @@ class EvaluateRequest(BaseModel):
     grad_loss: TensorValue | None = Field(
         None, description="upstream gradient, shaped like the loss (non-scalar losses)"
     )
+    nonfinite: NonFiniteMode | None = Field(None, description=_NONFINITE_MODE_DOC)
 
     model_config = ConfigDict(
         extra="forbid",
@@ -339,6 +349,7 @@ class EvaluateResponse(BaseModel):
     dtype: str
     shape: list[int]
     grads: dict[str, TensorValue] = Field(default_factory=dict)
+    nonfinite: list[str] = Field(default_factory=list, description=_NONFINITE_DOC)
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -370,6 +381,7 @@ class ComposeRequest(BaseModel):
     terms: list[ComposeTerm] = Field(min_length=1)
     inputs: dict[str, TensorValue]
     grad: list[str] | None = None
+    nonfinite: NonFiniteMode | None = Field(None, description=_NONFINITE_MODE_DOC)
 
     model_config = ConfigDict(
         extra="forbid",
@@ -389,10 +401,11 @@ class ComposeRequest(BaseModel):
 class ComposeResponse(BaseModel):
     """The weighted total, each term's value, and the gradient of the total."""
 
-    loss: float
-    terms: dict[str, float]
+    loss: float | None = Field(description="the weighted total (null when not finite)")
+    terms: dict[str, float | None]
     weights: dict[str, float]
     grads: dict[str, TensorValue] = Field(default_factory=dict)
+    nonfinite: list[str] = Field(default_factory=list, description=_NONFINITE_DOC)
 
     model_config = ConfigDict(
         json_schema_extra={

@@ -115,7 +115,9 @@ def array_from_json(name: str, datatype: str, shape: Any, data: Any) -> np.ndarr
             field=name,
         )
     if datatype == "BF16":
-        return bf16_from_float(parsed.astype(np.float32)).reshape(dims)
+        words = bf16_from_float(_to_float(name, datatype, parsed, np.dtype("<f4")))
+        _check_finite(name, datatype, parsed, bf16_to_float(words))
+        return words.reshape(dims)
     want = dtype.kind
     allowed = {"b": "b", "i": "biu", "u": "biu", "f": "biuf"}[want]
     if kind not in allowed:
@@ -133,7 +135,27 @@ def array_from_json(name: str, datatype: str, shape: Any, data: Any) -> np.ndarr
                 f"[{info.min}, {info.max}]",
                 field=name,
             )
+    if want == "f":
+        return np.ascontiguousarray(_to_float(name, datatype, parsed, dtype)).reshape(dims)
     return np.ascontiguousarray(parsed.astype(dtype, copy=False)).reshape(dims)
+
+
+def _to_float(name: str, datatype: str, parsed: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Cast JSON numbers to a float dtype; one too big for it is refused, not turned to Inf."""
+    with np.errstate(over="ignore"):
+        out = parsed.astype(dtype, copy=False)
+    _check_finite(name, datatype, parsed, out)
+    return out
+
+
+def _check_finite(name: str, datatype: str, parsed: np.ndarray, cast: np.ndarray) -> None:
+    # JSON numbers are always finite, so a non-finite result can only be an overflow.
+    finite = np.isfinite(cast)
+    if not finite.all():
+        bad = parsed.reshape(-1)[~finite.reshape(-1)][0].item()
+        raise InvalidTensor(
+            f"tensor {name!r}: value {bad!r} is out of range for {datatype}", field=name
+        )
 
 
 def decode_tensor(tensor: Mapping[str, Any], raw: Buffer | None = None) -> np.ndarray:

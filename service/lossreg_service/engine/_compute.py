@@ -23,6 +23,7 @@ from lossreg.errors import (
     InvalidParameter,
     LossRegError,
     LossRejectedInput,
+    NonFiniteValue,
     ShapeMismatch,
 )
 
@@ -31,6 +32,9 @@ from ._shapes import check_shapes
 from .devices import dtype_name
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+NONFINITE_MODES = ("reject", "allow")
+"""``reject``: NaN/Inf inputs, or outputs, are a `NonFiniteValue` (422); ``allow``: computed and
+listed in `Evaluation.nonfinite`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +58,7 @@ class Evaluation:
     loss: torch.Tensor
     grads: dict[str, torch.Tensor]
     terms: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    nonfinite: tuple[str, ...] = ()  # outputs holding NaN/Inf: "loss", "grad_<input>"
 
 
 def evaluate(
@@ -65,6 +70,7 @@ def evaluate(
     grad_loss: torch.Tensor | None = None,
     device: torch.device | str = "cpu",
     compute_dtype: torch.dtype | None = None,
+    nonfinite: str = "allow",
 ) -> Evaluation:
     """Compute ``loss`` and its gradients with respect to ``grad`` (None: all differentiable).
 
@@ -77,6 +83,8 @@ def evaluate(
         device: where to compute.
         compute_dtype: float16/bfloat16 inputs are computed in this dtype (e.g. float32);
             gradients still come back in each input's own dtype.
+        nonfinite: ``reject`` refuses NaN/Inf in the inputs and in the results
+            (`NonFiniteValue`); ``allow`` computes and lists non-finite outputs.
     """
     return evaluate_terms(
         [Term(loss, params or {})],
@@ -85,6 +93,7 @@ def evaluate(
         grad_loss=grad_loss,
         device=device,
         compute_dtype=compute_dtype,
+        nonfinite=nonfinite,
     )
 
 
@@ -96,6 +105,7 @@ def evaluate_terms(
     grad_loss: torch.Tensor | None = None,
     device: torch.device | str = "cpu",
     compute_dtype: torch.dtype | None = None,
+    nonfinite: str = "allow",
 ) -> Evaluation:
     """Value and gradients of ``sum(weight * loss)`` over terms sharing one pool of inputs.
 
@@ -104,9 +114,17 @@ def evaluate_terms(
     """
     if not terms:
         raise InvalidParameter("at least one loss term is needed", field="terms")
+    if nonfinite not in NONFINITE_MODES:
+        raise InvalidParameter(
+            f"nonfinite must be 'reject' or 'allow', not {nonfinite!r}", field="nonfinite"
+        )
     device = torch.device(device)
     validated = [_validate_term(t, inputs) for t in terms]
     grad_names = _grad_names(terms, inputs, grad)
+    if nonfinite == "reject":
+        _check_finite_inputs(
+            {**inputs, **({"grad_loss": grad_loss} if grad_loss is not None else {})}
+        )
     single = len(terms) == 1 and terms[0].weight == 1.0
 
     try:
@@ -130,10 +148,49 @@ def evaluate_terms(
             assert total is not None
             grads = _backward(total, leaves, grad_names, grad_loss, inputs)
     except torch.cuda.OutOfMemoryError as exc:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        raise DeviceOutOfMemory(f"out of memory on {device}: {exc}", retry_after=1) from exc
-    return Evaluation(loss=total.detach(), grads=grads, terms=values if not single else {})
+        message = f"out of memory on {device}: {exc}"
+    else:
+        flagged = _nonfinite_outputs(total, grads)
+        if flagged and nonfinite == "reject":
+            raise NonFiniteValue(
+                f"the loss produced non-finite values (NaN or Inf) in {', '.join(flagged)}; "
+                "send nonfinite='allow' to receive them flagged",
+                field=flagged[0],
+            )
+        return Evaluation(
+            loss=total.detach(),
+            grads=grads,
+            terms=values if not single else {},
+            nonfinite=flagged,
+        )
+    # Outside the except block the failed attempt's tensors (held by the traceback) are gone,
+    # so emptying the cache really gives their memory back for the next request.
+    prepared = leaves = values = total = out = weighted = None  # type: ignore[assignment]
+    torch.cuda.empty_cache()  # a no-op where CUDA was never initialised
+    raise DeviceOutOfMemory(message, retry_after=1)
+
+
+def _check_finite_inputs(tensors: Mapping[str, torch.Tensor]) -> None:
+    """Refuse NaN/Inf in floating-point inputs, naming the first tensor holding one."""
+    for name, tensor in tensors.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise NonFiniteValue(
+                    f"input {name!r} has {bad} non-finite value(s) (NaN or Inf); send "
+                    "nonfinite='allow' to compute anyway",
+                    field=name,
+                )
+
+
+def _nonfinite_outputs(loss: torch.Tensor, grads: Mapping[str, torch.Tensor]) -> tuple[str, ...]:
+    """The outputs (``loss``, ``grad_<input>``) holding NaN or Inf."""
+    outputs = {"loss": loss, **{f"grad_{name}": g for name, g in grads.items()}}
+    return tuple(
+        name
+        for name, t in outputs.items()
+        if t.is_floating_point() and not bool(torch.isfinite(t.detach()).all())
+    )
 
 
 def _validate_term(term: Term, inputs: Mapping[str, torch.Tensor]) -> dict[str, Any]:

@@ -62,6 +62,7 @@ class Computation:
     grad: Sequence[str] | None = None
     grad_loss: tuple[np.ndarray, str] | None = None
     compute_dtype: torch.dtype | None = None
+    nonfinite: str = "allow"  # "reject": NaN/Inf inputs or results are a 422
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +72,7 @@ class Result:
     loss: tuple[np.ndarray, str]
     grads: dict[str, tuple[np.ndarray, str]]
     terms: dict[str, float]
+    nonfinite: tuple[str, ...] = ()  # outputs holding NaN/Inf ("loss", "grad_<input>")
 
 
 def compute(computation: Computation, device: torch.device) -> Result:
@@ -84,11 +86,13 @@ def compute(computation: Computation, device: torch.device) -> Result:
         grad_loss=grad_loss,
         device=device,
         compute_dtype=computation.compute_dtype,
+        nonfinite=computation.nonfinite,
     )
     return Result(
         loss=to_numpy(evaluation.loss),
         grads={name: to_numpy(g) for name, g in evaluation.grads.items()},
         terms={key: float(v) for key, v in evaluation.terms.items()},
+        nonfinite=evaluation.nonfinite,
     )
 
 

@@ -10,14 +10,14 @@ computed; with none listed, the loss and every differentiable input's gradient a
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import orjson
 import pydantic
 
-from lossreg.errors import InvalidInput, InvalidRequest
+from lossreg.errors import InvalidInput, InvalidParameter, InvalidRequest
 from lossreg.protocol import (
     RESERVED_PARAMETER_PREFIX,
     RESERVED_PARAMETERS,
@@ -38,6 +38,7 @@ __all__ = ["GRAD_LOSS", "Decoded", "OutputPlan", "decode_request", "encode_respo
 GRAD_LOSS = "grad_loss"
 LOSS = "loss"
 GRAD_PREFIX = "grad_"
+NONFINITE = "nonfinite"  # request parameter: "reject" | "allow"; response parameter: the outputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +58,7 @@ class Decoded:
     grad_loss: tuple[np.ndarray, str] | None
     params: dict[str, Any]
     plan: OutputPlan
+    nonfinite: str | None = None  # the request's choice; None: the server's default
 
 
 def parse_json(data: Buffer, what: str = "request") -> Any:
@@ -102,8 +104,20 @@ def loss_params(parameters: Mapping[str, Any] | None) -> dict[str, Any]:
     return {
         k: v
         for k, v in (parameters or {}).items()
-        if k not in RESERVED_PARAMETERS and not k.startswith(RESERVED_PARAMETER_PREFIX)
+        if k not in RESERVED_PARAMETERS
+        and k != NONFINITE
+        and not k.startswith(RESERVED_PARAMETER_PREFIX)
     }
+
+
+def nonfinite_mode(parameters: Mapping[str, Any] | None) -> str | None:
+    """The request's ``nonfinite`` parameter (``reject`` or ``allow``), None when absent."""
+    value = (parameters or {}).get(NONFINITE)
+    if value is None or value in ("reject", "allow"):
+        return value
+    raise InvalidParameter(
+        f"parameter 'nonfinite' must be 'reject' or 'allow', not {value!r}", field=NONFINITE
+    )
 
 
 def decode_request(spec: LossSpec, body: Buffer, header_length: str | None) -> Decoded:
@@ -144,7 +158,14 @@ def decode_request(spec: LossSpec, body: Buffer, header_length: str | None) -> D
         else:
             inputs[name] = decoded
     plan = _plan(spec, request, set(inputs))
-    return Decoded(request.id, inputs, grad_loss, loss_params(request.parameters), plan)
+    return Decoded(
+        request.id,
+        inputs,
+        grad_loss,
+        loss_params(request.parameters),
+        plan,
+        nonfinite_mode(request.parameters),
+    )
 
 
 def encode_response(
@@ -152,9 +173,14 @@ def encode_response(
     decoded: Decoded,
     loss: tuple[np.ndarray, str],
     grads: Mapping[str, tuple[np.ndarray, str]],
+    nonfinite: Sequence[str] = (),
 ) -> tuple[list[Buffer], int | None]:
     """The response chunks (JSON header, then binary outputs in order) and the header length
-    to announce (None when every output is in the JSON)."""
+    to announce (None when every output is in the JSON).
+
+    Outputs holding NaN/Inf (``nonfinite``) are listed, comma-separated, in the response's
+    ``parameters.nonfinite``: in JSON they read ``null``, in binary they keep their bits.
+    """
     outputs: list[dict[str, Any]] = []
     buffers: list[Buffer] = []
     for name, binary in decoded.plan.outputs:
@@ -166,6 +192,10 @@ def encode_response(
     header: dict[str, Any] = {"model_name": spec.name, "model_version": spec.version or "1"}
     if decoded.request_id is not None:
         header["id"] = decoded.request_id
+    sent = [name for name, _ in decoded.plan.outputs]
+    flagged = [name for name in nonfinite if name in sent]
+    if flagged:
+        header["parameters"] = {NONFINITE: ",".join(flagged)}
     header["outputs"] = outputs
     head = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
     chunks, length = frame_body(head, buffers)

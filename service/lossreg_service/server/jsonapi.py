@@ -62,7 +62,14 @@ def _decode_nested(name: str, value: Any) -> tuple[np.ndarray, str]:
         )
     if parsed.dtype.kind == "u" and parsed.max() > np.iinfo(np.int64).max:
         raise InvalidTensor(f"input {name!r}: a value is out of range for int64", field=name)
-    return np.ascontiguousarray(parsed.astype(numpy_dtype(datatype), copy=False)), datatype
+    with np.errstate(over="ignore"):  # a float too big for float32 is refused below, not Inf
+        array = np.ascontiguousarray(parsed.astype(numpy_dtype(datatype), copy=False))
+    if datatype == "FP32" and not np.isfinite(array).all():
+        raise InvalidTensor(
+            f"input {name!r}: a value is out of range for float32 (send a float64 tensor)",
+            field=name,
+        )
+    return array, datatype
 
 
 def decode_value(name: str, value: Any) -> tuple[np.ndarray, str, Form]:

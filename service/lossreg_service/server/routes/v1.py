@@ -122,6 +122,7 @@ async def evaluate(
             grad=req.grad,
             grad_loss=grad_loss,
             compute_dtype=compute_dtype,
+            nonfinite=req.nonfinite or settings.nonfinite,
         )
         result = compute(computation, device)
         value, datatype = result.loss
@@ -131,6 +132,7 @@ async def evaluate(
             "dtype": torch_name(datatype),
             "shape": list(value.shape),
             "grads": _grads(result, forms),
+            "nonfinite": list(result.nonfinite),
         }
         return [orjson.dumps(out, option=_JSON)]
 
@@ -178,7 +180,13 @@ async def compose(
         req: ComposeRequest = _validate(ComposeRequest, body, "compose request")
         terms = _terms(registry, req)
         inputs, forms = _decode_inputs(req.inputs)
-        computation = Computation(terms, inputs, grad=req.grad, compute_dtype=compute_dtype)
+        computation = Computation(
+            terms,
+            inputs,
+            grad=req.grad,
+            compute_dtype=compute_dtype,
+            nonfinite=req.nonfinite or settings.nonfinite,
+        )
         result = compute(computation, device)
         value, _ = result.loss
         if value.ndim != 0:
@@ -193,6 +201,7 @@ async def compose(
             "terms": terms_out,
             "weights": {t.key: t.weight for t in terms},
             "grads": _grads(result, forms),
+            "nonfinite": list(result.nonfinite),
         }
         return [orjson.dumps(out, option=_JSON)]
 

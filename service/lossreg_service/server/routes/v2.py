@@ -91,9 +91,10 @@ async def _infer(
             grad=decoded.plan.grad,
             grad_loss=decoded.grad_loss,
             compute_dtype=compute_dtype,
+            nonfinite=decoded.nonfinite or settings.nonfinite,
         )
         result = compute(computation, device)
-        return encode_response(loss.spec, decoded, result.loss, result.grads)
+        return encode_response(loss.spec, decoded, result.loss, result.grads, result.nonfinite)
 
     chunks, length = await executor.run(work, loss=loss.spec.name)
     return encoded_response(
