@@ -17,7 +17,7 @@ import gzip
 import zlib
 from collections.abc import Sequence
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -43,7 +43,8 @@ async def read_body(request: Request, limit: int) -> bytearray:
 
     Raises:
         PayloadTooLarge: declared, received or decompressed size over ``limit``.
-        InvalidRequest: an unknown ``Content-Encoding`` or corrupt compressed data.
+        InvalidRequest: an unknown ``Content-Encoding``, corrupt compressed data, or a client
+            that disconnected before sending the whole body.
     """
     declared = request.headers.get("content-length")
     if declared is not None and declared.strip().isdigit() and int(declared) > limit:
@@ -75,6 +76,12 @@ async def read_body(request: Request, limit: int) -> bytearray:
     except zlib.error as exc:
         raise InvalidRequest(
             f"request body is not valid {coding} data: {exc}", field="Content-Encoding"
+        ) from None
+    except ClientDisconnect:
+        # Nobody is left to read the answer; a 4xx keeps it out of the error log and metrics.
+        raise InvalidRequest(
+            f"the client disconnected after {received} bytes, before the body ended",
+            field="body",
         ) from None
     return body
 
