@@ -27,7 +27,7 @@ from .errors import ServerBusy
 
 __all__ = ["RetryState", "is_retryable", "parse_retry_after"]
 
-logger = logging.getLogger("lossreg")
+logger = logging.getLogger("lossreg.client")
 
 RETRYABLE_HTTPX_ERRORS: tuple[type[httpx.HTTPError], ...] = (
     httpx.ConnectError,  # refused: nothing listens (yet)
@@ -98,7 +98,7 @@ class RetryState:
         if retry_after is not None:
             delay = max(delay, min(retry_after, self.retries.max_retry_after))
         self.attempt += 1
-        logger.info(
+        logger.warning(
             "lossreg: retry %d/%d in %.2fs after %s: %s",
             self.attempt,
             self.retries.total,
