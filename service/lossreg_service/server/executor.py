@@ -4,8 +4,10 @@ Like Triton's instance groups: each device gets ``compute_threads`` worker threa
 computations it runs at once) and a queue of at most ``max_queue`` waiting requests; a request
 arriving at a full queue is refused at once with `ServerBusy` (503 + ``Retry-After``) rather than
 piling up. A request goes to the device with the least work. The whole wait (queue + compute)
-is bounded by ``compute_timeout_s`` -> `ComputeTimeout` (504); a thread cannot be killed, so a
-computation that overran keeps its slot until it really ends, and capacity stays honest.
+is bounded by ``compute_timeout_s`` -> `ComputeTimeout` (504). A thread cannot be killed, so a
+computation that overran is abandoned: its slot is given back at once and the pool gets a fresh
+thread, so a loss that hangs cannot take a device's capacity with it (the abandoned thread ends
+whenever its computation does, and is counted in ``DevicePool.abandoned``).
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class DevicePool:
     slots: asyncio.Semaphore
     running: int = 0
     waiting: int = 0
+    abandoned: int = 0  # computations given up after the timeout (their threads replaced)
 
     @property
     def label(self) -> str:
@@ -160,14 +163,25 @@ class ComputeExecutor:
         pool.running += 1
         self.metrics.running.labels(device=pool.label).inc()
         context = contextvars.copy_context()  # the request id follows into the worker's logs
+        released = False
+
+        def release() -> None:  # once: at the end of the computation, or when abandoned
+            nonlocal released
+            if not released:
+                released = True
+                self._release(pool)
+
         future = pool.executor.submit(context.run, self._timed, fn, pool, loss)
-        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release, pool))
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(release))
         result = asyncio.wrap_future(future)
         result.add_done_callback(_mark_retrieved)
         remaining = max(0.0, self.timeout_s - (loop.time() - start))
         try:
             return await asyncio.wait_for(asyncio.shield(result), remaining)
         except asyncio.TimeoutError:
+            if not future.done():
+                release()
+                self._abandon_worker(pool)
             raise self._timeout(pool, "computing") from None
 
     def _timed(self, fn: Callable[[torch.device], T], pool: DevicePool, loss: str) -> T:
@@ -184,6 +198,20 @@ class ComputeExecutor:
         pool.running -= 1
         self.metrics.running.labels(device=pool.label).dec()
         pool.slots.release()
+
+    def _abandon_worker(self, pool: DevicePool) -> None:
+        """Give the pool a fresh executor; the old one's threads end with their current work."""
+        pool.abandoned += 1
+        old = pool.executor
+        pool.executor = ThreadPoolExecutor(pool.threads, thread_name_prefix=f"lossreg-{pool.label}")
+        old.shutdown(wait=False)
+        log.warning(
+            "abandoned a computation on %s still running after %.1fs; its worker is replaced "
+            "(%d abandoned so far)",
+            pool.label,
+            self.timeout_s,
+            pool.abandoned,
+        )
 
     def _timeout(self, pool: DevicePool, stage: str) -> ComputeTimeout:
         log.warning("request timed out after %.1fs %s on %s", self.timeout_s, stage, pool.label)
