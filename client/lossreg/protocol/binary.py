@@ -49,7 +49,7 @@ def parse_header_length(value: str | int | None, body_size: int) -> int | None:
         return None
     if isinstance(value, str):
         text = value.strip()
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):  # isdigit alone passes '¹'
             raise InvalidRequest(
                 f"{HEADER_LENGTH} must be a non-negative integer, got {value!r}",
                 field=HEADER_LENGTH,

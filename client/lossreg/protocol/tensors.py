@@ -71,6 +71,10 @@ def array_from_bytes(name: str, datatype: str, shape: Any, raw: Buffer) -> np.nd
         )
     if expected == 0:
         return np.zeros(dims, dtype=dtype)
+    if datatype == "BOOL" and np.frombuffer(raw, dtype=np.uint8).max() > 1:
+        raise InvalidTensor(
+            f"tensor {name!r}: BOOL bytes must be 0 or 1 (a byte holds one element)", field=name
+        )
     return np.frombuffer(raw, dtype=dtype).reshape(dims)
 
 
@@ -119,6 +123,9 @@ def array_from_json(name: str, datatype: str, shape: Any, data: Any) -> np.ndarr
         _check_finite(name, datatype, parsed, bf16_to_float(words))
         return words.reshape(dims)
     want = dtype.kind
+    if want == "u" and kind == "f":
+        parsed = _exact_integers(parsed, data)
+        kind = parsed.dtype.kind
     allowed = {"b": "b", "i": "biu", "u": "biu", "f": "biuf"}[want]
     if kind not in allowed:
         raise InvalidTensor(
@@ -138,6 +145,17 @@ def array_from_json(name: str, datatype: str, shape: Any, data: Any) -> np.ndarr
     if want == "f":
         return np.ascontiguousarray(_to_float(name, datatype, parsed, dtype)).reshape(dims)
     return np.ascontiguousarray(parsed.astype(dtype, copy=False)).reshape(dims)
+
+
+def _exact_integers(parsed: np.ndarray, data: Any) -> np.ndarray:
+    """numpy reads ints past 2**63 mixed with small ones as float64, losing digits: when every
+    value is an int in uint64's range, read them again exactly."""
+    values = np.asarray(data, dtype=object).reshape(-1)
+    if not all(isinstance(v, int) for v in values) or min(values) < 0:
+        return parsed
+    if max(values) > np.iinfo(np.uint64).max:
+        return parsed
+    return np.array(values.tolist(), dtype=np.uint64).reshape(parsed.shape)
 
 
 def _to_float(name: str, datatype: str, parsed: np.ndarray, dtype: np.dtype) -> np.ndarray:

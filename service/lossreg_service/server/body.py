@@ -46,8 +46,8 @@ async def read_body(request: Request, limit: int) -> bytearray:
         InvalidRequest: an unknown ``Content-Encoding``, corrupt compressed data, or a client
             that disconnected before sending the whole body.
     """
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+    declared = (request.headers.get("content-length") or "").strip()
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise _too_large(int(declared), limit, "declares")
     coding = request.headers.get("content-encoding", "identity").strip().lower()
     if coding not in ("identity", "", *_CODINGS):
