@@ -1,8 +1,9 @@
-"""RemoteLoss in the training frameworks people use: HF Accelerate and PyTorch Lightning.
+"""RemoteLoss in the training frameworks people use: HF Accelerate, PyTorch Lightning, fastai.
 
 Each loop runs twice from the same weights and data, with the local loss and with RemoteLoss
-against a live server, and must end with the same parameters. fastai is not tested: installing
-it pulls another torch than the pinned one (see the README).
+against a live server, and must end with the same parameters. fastai is not in the test extra
+(installing it pulls another torch than the pinned one), so its test runs only where fastai is
+importable.
 """
 
 from __future__ import annotations
@@ -151,3 +152,30 @@ def _lightning_run(loss_fn: LossFn) -> list[torch.Tensor]:
 def test_lightning_loop(client: Client) -> None:
     remote = RemoteLoss("cross_entropy", client=client)
     _assert_same(_lightning_run(remote), _lightning_run(F.cross_entropy))
+
+
+# -- fastai ---------------------------------------------------------------------------------------
+
+
+def _fastai_run(loss_fn: LossFn) -> list[torch.Tensor]:
+    with warnings.catch_warnings():  # fastai's imports trip torch's deprecation warnings
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pytest.importorskip("fastai")
+        from fastai.data.core import DataLoaders
+        from fastai.learner import Learner
+
+    dls = DataLoaders(
+        DataLoader(_data(), batch_size=16, shuffle=False),
+        DataLoader(_data(), batch_size=32),
+        device=torch.device("cpu"),
+    )
+    learn = Learner(dls, _model(), loss_func=loss_fn)
+    with warnings.catch_warnings(), learn.no_logging():
+        warnings.filterwarnings("ignore", module=r"fast(ai|core|progress).*")
+        learn.fit(2, 1e-2)
+    return [p.detach().clone() for p in learn.model.parameters()]
+
+
+def test_fastai_learner(client: Client) -> None:
+    remote = RemoteLoss("cross_entropy", client=client)
+    _assert_same(_fastai_run(remote), _fastai_run(F.cross_entropy))
