@@ -190,6 +190,19 @@ def typed_or_array(fn: Any, *args: Any) -> Any:
     ],
     tail=b"\0" * 4,
 )
+@example(tensors=[{"name": "input", "datatype": "FP64", "shape": [0, 2**60], "data": []}], tail=b"")
+@example(
+    tensors=[
+        {
+            "name": "t",
+            "datatype": "FP64",
+            "shape": [0, 2**62],
+            "parameters": {"binary_data_size": 0},
+        }
+    ],
+    tail=b"",
+)
+@example(tensors=[{"name": "input", "datatype": "BOOL", "shape": [0] * 65, "data": []}], tail=b"")
 def test_hostile_tensor_entries_decode_or_raise_a_typed_error(
     tensors: list[dict[str, Any]], tail: bytes
 ) -> None:

@@ -30,17 +30,35 @@ __all__ = [
 ]
 
 
+MAX_DIMS = 32
+"""Most dimensions a tensor may declare (numpy's own limit is 64)."""
+MAX_ELEMENTS = 2**59
+"""Most elements a shape may describe: numpy refuses arrays of 2**63 bytes or more, even empty."""
+
+
 def check_shape(name: str, shape: Any) -> tuple[int, ...]:
-    """A declared shape as a tuple of non-negative ints.
+    """A declared shape as a tuple of non-negative ints that numpy and torch can hold.
 
     Raises:
-        InvalidTensor: not a list of non-negative integers (naming the tensor).
+        InvalidTensor: not a list of non-negative integers, more than `MAX_DIMS` dimensions,
+            or an empty shape whose other sizes multiply past `MAX_ELEMENTS`, naming the tensor.
     """
     if not isinstance(shape, (list, tuple)) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
         raise InvalidTensor(
             f"tensor {name!r}: shape must be a list of non-negative integers, got {shape!r}",
+            field=name,
+        )
+    if len(shape) > MAX_DIMS:
+        raise InvalidTensor(
+            f"tensor {name!r}: {len(shape)} dimensions; at most {MAX_DIMS} are supported",
+            field=name,
+        )
+    if 0 in shape and math.prod(d for d in shape if d) > MAX_ELEMENTS:  # else: size checks
+        raise InvalidTensor(
+            f"tensor {name!r}: shape {list(shape)} is too large (its non-zero sizes multiply "
+            f"past 2**59)",
             field=name,
         )
     return tuple(shape)
