@@ -31,20 +31,18 @@ from ._config import DEFAULT_RETRIES, DEFAULT_TIMEOUT, Retries, Timeout
 from ._models import ComposeResult, EvaluateResult
 from ._validation import check_grad, check_request, check_term
 from ._wire import (
+    BodyReader,
     Chunks,
     InferCall,
     compose_body,
     error_from_answer,
-    expected_size,
-    header_length,
     infer_body,
     map_httpx_error,
-    new_buffer,
     parse_compose,
     parse_infer,
     scalar_params,
 )
-from .errors import ServerBusy, TransportError
+from .errors import ServerBusy
 from .protocol import ComposeTerm, LossListResponse, LossSpecResponse
 
 __all__ = ["DEFAULT_URL", "AsyncClient", "BaseClient", "Client"]
@@ -257,9 +255,13 @@ class Client(BaseClient):
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         super().__init__(
-            url, api_key=api_key, timeout=timeout, retries=retries, validate=validate,
+            url,
+            api_key=api_key,
+            timeout=timeout,
+            retries=retries,
+            validate=validate,
             headers=headers,
-        )  # fmt: skip
+        )
         self._http = httpx.Client(timeout=self.timeout.as_httpx(), transport=transport)
 
     def _send(
@@ -293,23 +295,10 @@ class Client(BaseClient):
 
     @staticmethod
     def _read(response: httpx.Response) -> np.ndarray:
-        size = expected_size(response)
-        if size is None:
-            data = response.read()
-            body = new_buffer(len(data), header_length(response))
-            body[:] = np.frombuffer(data, dtype=np.uint8)
-            return body
-        body = new_buffer(size, header_length(response))
-        pos = 0
+        reader = BodyReader(response)
         for chunk in response.iter_bytes():
-            end = pos + len(chunk)
-            if end > size:
-                raise TransportError(f"the answer is longer than its Content-Length {size}")
-            body[pos:end] = np.frombuffer(chunk, dtype=np.uint8)
-            pos = end
-        if pos != size:
-            raise TransportError(f"the answer ended after {pos} of {size} bytes")
-        return body
+            reader.feed(chunk)
+        return reader.finish()
 
     # -- catalog ---------------------------------------------------------------------------------
 
@@ -439,9 +428,13 @@ class AsyncClient(BaseClient):
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         super().__init__(
-            url, api_key=api_key, timeout=timeout, retries=retries, validate=validate,
+            url,
+            api_key=api_key,
+            timeout=timeout,
+            retries=retries,
+            validate=validate,
             headers=headers,
-        )  # fmt: skip
+        )
         self._http = httpx.AsyncClient(timeout=self.timeout.as_httpx(), transport=transport)
 
     async def _send(
@@ -475,23 +468,10 @@ class AsyncClient(BaseClient):
 
     @staticmethod
     async def _read(response: httpx.Response) -> np.ndarray:
-        size = expected_size(response)
-        if size is None:
-            data = await response.aread()
-            body = new_buffer(len(data), header_length(response))
-            body[:] = np.frombuffer(data, dtype=np.uint8)
-            return body
-        body = new_buffer(size, header_length(response))
-        pos = 0
+        reader = BodyReader(response)
         async for chunk in response.aiter_bytes():
-            end = pos + len(chunk)
-            if end > size:
-                raise TransportError(f"the answer is longer than its Content-Length {size}")
-            body[pos:end] = np.frombuffer(chunk, dtype=np.uint8)
-            pos = end
-        if pos != size:
-            raise TransportError(f"the answer ended after {pos} of {size} bytes")
-        return body
+            reader.feed(chunk)
+        return reader.finish()
 
     # -- catalog ---------------------------------------------------------------------------------
 

@@ -47,6 +47,7 @@ from .protocol import (
 )
 
 __all__ = [
+    "BodyReader",
     "Chunks",
     "InferCall",
     "compose_body",
@@ -258,18 +259,43 @@ def new_buffer(size: int, header_length: int | None) -> np.ndarray:
     return raw[offset : offset + size]
 
 
-def expected_size(response: httpx.Response) -> int | None:
-    """The decoded body's size when the headers tell it (no compression), else None."""
-    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-    length = response.headers.get("Content-Length")
-    if encoding not in ("", "identity") or length is None or not length.strip().isdigit():
-        return None
-    return int(length)
+class BodyReader:
+    """Collects an answer's chunks straight into one aligned, writable buffer.
 
+    With a known ``Content-Length`` (no compression) each chunk is copied once, into place;
+    otherwise the chunks are gathered and copied at the end.
+    """
 
-def header_length(response: httpx.Response) -> int | None:
-    value = response.headers.get(HEADER_LENGTH)
-    return int(value) if value is not None and value.strip().isdigit() else None
+    def __init__(self, response: httpx.Response) -> None:
+        value = response.headers.get(HEADER_LENGTH)
+        self._header_length = int(value) if value and value.strip().isdigit() else None
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        length = response.headers.get("Content-Length", "")
+        known = encoding in ("", "identity") and length.strip().isdigit()
+        self._size = int(length) if known else None
+        self._body = new_buffer(self._size, self._header_length) if known else None
+        self._parts: list[bytes] = []
+        self._pos = 0
+
+    def feed(self, chunk: bytes) -> None:
+        if self._body is None:
+            self._parts.append(chunk)
+            return
+        end = self._pos + len(chunk)
+        if end > len(self._body):
+            raise TransportError(f"the answer is longer than its Content-Length {self._size}")
+        self._body[self._pos : end] = np.frombuffer(chunk, dtype=np.uint8)
+        self._pos = end
+
+    def finish(self) -> np.ndarray:
+        if self._body is None:
+            data = b"".join(self._parts)
+            body = new_buffer(len(data), self._header_length)
+            body[:] = np.frombuffer(data, dtype=np.uint8)
+            return body
+        if self._pos != len(self._body):
+            raise TransportError(f"the answer ended after {self._pos} of {self._size} bytes")
+        return self._body
 
 
 def error_from_answer(response: httpx.Response, body: np.ndarray) -> LossRegError:

@@ -17,8 +17,9 @@ This module imports torch; ``import lossreg`` loads it only when `RemoteLoss` is
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -180,6 +181,8 @@ class _RemoteLossFunction(torch.autograd.Function):
 
 def _scale(grad: torch.Tensor, upstream: torch.Tensor) -> torch.Tensor:
     """``upstream * grad``, in float32 at least, so a GradScaler's scale does not overflow."""
+    if upstream.device.type == "cpu" and upstream.numel() == 1 and upstream.item() == 1.0:
+        return grad  # plain loss.backward(): nothing to scale
     if grad.dtype in _LOW_PRECISION:
         return (grad.float() * upstream.float()).to(grad.dtype)
     return grad * upstream.to(grad.dtype)
@@ -213,22 +216,14 @@ def _autocast_inputs(bound: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-class _autocast_off:
+@contextlib.contextmanager
+def _autocast_off(device_types: set[str]) -> Iterator[None]:
     """Disable autocast on the given device types while the remote call runs."""
-
-    def __init__(self, device_types: set[str]) -> None:
-        self._contexts = [
-            torch.autocast(d, enabled=False) for d in sorted(device_types)
-            if torch.is_autocast_enabled(d)
-        ]  # fmt: skip
-
-    def __enter__(self) -> None:
-        for c in self._contexts:
-            c.__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        for c in reversed(self._contexts):
-            c.__exit__(*exc)
+    with contextlib.ExitStack() as stack:
+        for device_type in sorted(device_types):
+            if torch.is_autocast_enabled(device_type):
+                stack.enter_context(torch.autocast(device_type, enabled=False))
+        yield
 
 
 def _default(spec: LossSpecResponse, param: str) -> Any:
