@@ -11,6 +11,7 @@ Its forward sends the tensors and returns the value as a tensor in the caller's 
 - Gradients are requested only for inputs that require them, and only when grad mode is on.
 - Under autocast, low-precision inputs are computed in float32, as autocast does for torch's own
   losses; their gradients flow back in the inputs' dtype.
+- First-order gradients only: a second backward through the gradient (double backward) raises.
 
 This module imports torch; ``import lossreg`` loads it only when `RemoteLoss` is first used.
 """
@@ -182,7 +183,9 @@ class _RemoteLossFunction(torch.autograd.Function):
 def _scale(grad: torch.Tensor, upstream: torch.Tensor) -> torch.Tensor:
     """``upstream * grad``, in float32 at least, so a GradScaler's scale does not overflow."""
     if upstream.device.type == "cpu" and upstream.numel() == 1 and upstream.item() == 1.0:
-        return grad  # plain loss.backward(): nothing to scale
+        # plain loss.backward(): nothing to scale. Handing out our own tensor is safe: autograd
+        # sees ctx still holds it and copies rather than steals it into a leaf's .grad.
+        return grad
     if grad.dtype in _LOW_PRECISION:
         return (grad.float() * upstream.float()).to(grad.dtype)
     return grad * upstream.to(grad.dtype)

@@ -212,3 +212,19 @@ def test_repr_and_ownership(client: Client) -> None:
     assert not client._http.is_closed
     with pytest.raises(ValueError, match="not both"):
         RemoteLoss("mse_loss", client=client, url="http://x")
+
+
+def test_repeated_backward_accumulates_like_local(client: Client) -> None:
+    """The server's gradient is handed to autograd as is; repeated backwards must not alias it."""
+    loss_fn = RemoteLoss("mse_loss", client=client)
+    x = torch.randn(5, requires_grad=True)
+    y = torch.randn(5)
+    x_local = x.detach().clone().requires_grad_()
+    for fn, leaf in ((loss_fn, x), (F.mse_loss, x_local)):
+        loss = fn(leaf, y)
+        for _ in range(3):
+            loss.backward(retain_graph=True)
+    assert torch.allclose(x.grad, x_local.grad)
+    with pytest.raises(RuntimeError):  # first-order only
+        grad = torch.autograd.grad(loss_fn(x, y), x, create_graph=True)[0]
+        grad.sum().backward()
