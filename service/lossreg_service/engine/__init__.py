@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from lossreg.protocol.checks import check_shapes
+
 from ._compute import Evaluation, Term, evaluate, evaluate_terms
-from ._shapes import check_shapes
 from .devices import dtype_name, parse_dtype, resolve_device
 
 __all__ = [

@@ -26,9 +26,9 @@ from lossreg.errors import (
     NonFiniteValue,
     ShapeMismatch,
 )
+from lossreg.protocol.checks import TensorInfo, check_grad, check_tensors
 
 from ..registry import Loss
-from ._shapes import check_shapes
 from .devices import dtype_name
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -119,8 +119,9 @@ def evaluate_terms(
             f"nonfinite must be 'reject' or 'allow', not {nonfinite!r}", field="nonfinite"
         )
     device = torch.device(device)
-    validated = [_validate_term(t, inputs) for t in terms]
-    grad_names = _grad_names(terms, inputs, grad)
+    info = _info(inputs)
+    validated = [_validate_term(t, info) for t in terms]
+    grad_names = check_grad([t.loss.spec for t in terms], info, grad)
     if nonfinite == "reject":
         _check_finite_inputs(
             {**inputs, **({"grad_loss": grad_loss} if grad_loss is not None else {})}
@@ -193,30 +194,18 @@ def _nonfinite_outputs(loss: torch.Tensor, grads: Mapping[str, torch.Tensor]) ->
     )
 
 
-def _validate_term(term: Term, inputs: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+def _info(inputs: Mapping[str, torch.Tensor]) -> dict[str, TensorInfo]:
+    """Shapes and dtype names, what the shared checks look at."""
+    for name, tensor in inputs.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise InvalidInput(f"input {name!r} is not a tensor", field=name)
+    return {n: (tuple(t.shape), dtype_name(t.dtype)) for n, t in inputs.items()}
+
+
+def _validate_term(term: Term, inputs: Mapping[str, TensorInfo]) -> dict[str, Any]:
     """Names, dtypes and declared shapes of the inputs a term uses; its parameters."""
     spec = term.loss.spec
-    for ts in spec.inputs:
-        if ts.name not in inputs:
-            raise InvalidInput(
-                f"{spec.name}: missing input {ts.name!r}; it takes "
-                + ", ".join(t.name for t in spec.inputs),
-                field=ts.name,
-            )
-    for ts in spec.inputs + spec.tensor_params:
-        tensor = inputs.get(ts.name)
-        if tensor is None:
-            continue
-        if not isinstance(tensor, torch.Tensor):
-            raise InvalidInput(f"{spec.name}: input {ts.name!r} is not a tensor", field=ts.name)
-        name = dtype_name(tensor.dtype)
-        if name not in ts.dtypes:
-            raise InvalidInput(
-                f"{spec.name}: input {ts.name!r} has dtype {name}; "
-                f"accepted: {', '.join(ts.dtypes)}",
-                field=ts.name,
-            )
-    check_shapes(spec.name, spec.inputs + spec.tensor_params, inputs)
+    check_tensors(spec, inputs)
     try:
         return term.loss.validate_params(term.params)
     except pydantic.ValidationError as exc:
@@ -228,43 +217,6 @@ def _validate_term(term: Term, inputs: Mapping[str, torch.Tensor]) -> dict[str, 
             else f"{spec.name}: parameter {where!r}: {error['msg']}"
         )
         raise InvalidParameter(message, field=where) from None
-
-
-def _grad_names(
-    terms: Sequence[Term], inputs: Mapping[str, torch.Tensor], grad: Sequence[str] | None
-) -> list[str]:
-    """Which inputs to differentiate, checked against every term's spec."""
-    differentiable: dict[str, bool] = {}
-    for term in terms:
-        for ts in term.loss.spec.inputs + term.loss.spec.tensor_params:
-            differentiable[ts.name] = differentiable.get(ts.name, False) or ts.differentiable
-    known = set(differentiable)
-    unused = sorted(set(inputs) - known)
-    if unused:
-        raise InvalidInput(
-            f"unknown input {unused[0]!r}; the loss takes " + ", ".join(sorted(known)),
-            field=unused[0],
-        )
-    if grad is None:
-        return [n for n, d in differentiable.items() if d and n in inputs]
-    names = list(dict.fromkeys(grad))
-    for name in names:
-        if name not in differentiable:
-            raise InvalidInput(
-                f"cannot differentiate with respect to {name!r}: the loss has no such input",
-                field=name,
-            )
-        if not differentiable[name]:
-            raise InvalidInput(f"input {name!r} is not differentiable", field=name)
-        if name not in inputs:
-            raise InvalidInput(f"gradient asked for {name!r}, which was not sent", field=name)
-        if not inputs[name].is_floating_point():
-            raise InvalidInput(
-                f"input {name!r} has dtype {dtype_name(inputs[name].dtype)}; only floating-point "
-                "inputs have gradients",
-                field=name,
-            )
-    return names
 
 
 def _prepare(
