@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .errors import InvalidInput, InvalidParameter
-from .protocol import LossSpecResponse
+from .protocol import RESERVED_PARAMETERS, LossSpecResponse
 from .protocol.checks import check_grad, check_shapes, check_tensors
 
 __all__ = ["check_grad", "check_request", "check_shapes", "check_term"]
@@ -68,5 +68,5 @@ def check_term(
     if schema.get("additionalProperties", True) is False:
         known = schema.get("properties", {})
         for name in params:
-            if name not in known:
+            if name not in known and name not in RESERVED_PARAMETERS:
                 raise InvalidParameter(f"{spec.name}: unknown parameter {name!r}", field=name)

@@ -48,9 +48,10 @@ RESERVED_PARAMETERS: frozenset[str] = frozenset(
         "timeout",
         "headers",
         "binary_data_output",
+        "nonfinite",  # lossreg's own: "reject" | "allow" NaN/Inf for this request
     }
 )
-"""Request-level parameters the protocol (and Triton) reserve; never loss parameters."""
+"""Request-level parameters the protocol, Triton and lossreg reserve; never loss parameters."""
 RESERVED_PARAMETER_PREFIX = "triton_"
 
 __all__ = [

@@ -104,9 +104,7 @@ def loss_params(parameters: Mapping[str, Any] | None) -> dict[str, Any]:
     return {
         k: v
         for k, v in (parameters or {}).items()
-        if k not in RESERVED_PARAMETERS
-        and k != NONFINITE
-        and not k.startswith(RESERVED_PARAMETER_PREFIX)
+        if k not in RESERVED_PARAMETERS and not k.startswith(RESERVED_PARAMETER_PREFIX)
     }
 
 
