@@ -1,0 +1,1 @@
+"""The alternatives the benchmark runs lossreg against, each served as its own process."""

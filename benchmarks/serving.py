@@ -1,0 +1,312 @@
+"""The serving benchmark: lossreg against the in-process limit and the alternatives, in one run.
+
+    python -m benchmarks.serving            # full run (~6-10 minutes on 2 cores)
+    python -m benchmarks.serving --quick    # < 2 minutes: fewer runs, big JSON payloads capped
+
+Sections (``--sections``, default all):
+
+- ``latency``: sequential value+gradient requests, CE 32x10 ... 4096x1000 float32 and a Dice
+  16x1x256x256 batch, through the engine in-process (the limit), lossreg's Python client,
+  ``tritonclient.http``, system shared memory, lossreg's JSON API, a hand-written FastAPI
+  endpoint with pydantic nested lists, and LitServe (if installed); plus the empty-endpoint
+  floor. Every method's gradient is checked against the in-process one before it is timed.
+- ``concurrency``: CE 32x10 over 1, 4 and 16 keep-alive connections (wrk, or a multi-process
+  raw-socket generator), with dynamic batching on and off, and the empty endpoint.
+- ``memory``: the server's peak RSS per in-flight 16 MB request, and RSS after 100 vs 10,000
+  requests.
+
+Writes the tables to stdout, all numbers to ``--json`` and latency vs size to ``--plot``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime
+import http.client
+import importlib.util
+import os
+import platform
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from . import _cases, _procs, _report, _targets
+from ._load import have_wrk, run_load
+
+HERE = Path(__file__).resolve().parent
+MB = 1024 * 1024
+BATCHING = {"LOSSREG_BATCH_MAX_SIZE": "64", "LOSSREG_BATCH_MAX_DELAY_US": "0"}
+NO_BATCHING = {"LOSSREG_BATCH_MAX_SIZE": "1"}
+SERVER = {"LOSSREG_SHM_ENABLED": "true", **BATCHING}
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.serving", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="< 2 minutes: fewer runs, caps")
+    parser.add_argument(
+        "--sections", default="latency,concurrency,memory", help="comma list of sections"
+    )
+    parser.add_argument("--cases", default="ce32,ce256,ce1k,ce4k,seg", help="payloads to run")
+    parser.add_argument("--json", type=Path, default=HERE / "results" / "serving.json")
+    parser.add_argument("--plot", type=Path, default=HERE / "results" / "serving.png")
+    parser.add_argument(
+        "--load-tool", choices=("auto", "wrk", "python"), default="auto", help="load generator"
+    )
+    return parser.parse_args(argv)
+
+
+# -- latency ------------------------------------------------------------------------------------
+
+
+def _runs(case: _cases.Case, quick: bool) -> tuple[int, float]:
+    """How many sequential runs, and the time budget, for one (method, case)."""
+    if case.nbytes < MB:
+        return (100, 3.0) if quick else (300, 8.0)
+    return (8, 3.0) if quick else (30, 10.0)
+
+
+def _skip(method: str, case: _cases.Case, quick: bool) -> str | None:
+    """Methods too slow to run on a big payload in this mode (said in the table)."""
+    if method == "baseline" and case.nbytes > (MB if quick else 64 * MB):
+        return "capped (--quick)"
+    if method == "json_api" and quick and case.nbytes > 4 * MB:
+        return "capped (--quick)"
+    return None
+
+
+def _baseline_runs(case: _cases.Case) -> tuple[int, float]:
+    """pydantic nested lists take seconds per 16 MB request: a couple of runs suffice."""
+    return (2, 1.0) if case.nbytes > MB else (20, 3.0)
+
+
+def _methods(
+    case: _cases.Case, lossreg: _procs.Server, baseline: _procs.Server, lit: _procs.Server | None
+) -> Iterator[tuple[str, Callable[[], _cases.Call]]]:
+    yield "client", lambda: _cases.make_client(case, lossreg.url)
+    if _has_extension(lossreg.url, "system_shared_memory"):
+        yield "shm", lambda: _cases.make_shm(case, lossreg.url)
+    yield "tritonclient", lambda: _cases.make_tritonclient(case, lossreg.url)
+    yield "json_api", lambda: _cases.make_json_api(case, lossreg.url)
+    yield "baseline", lambda: _cases.make_baseline(case, baseline.url)
+    if lit is not None:
+        yield "litserve", lambda: _cases.make_litserve(case, lit.url)
+
+
+def _has_extension(url: str, extension: str) -> bool:
+    import httpx
+
+    return extension in httpx.get(url + "/v2").json().get("extensions", [])
+
+
+def run_latency(args: argparse.Namespace, results: dict[str, Any], progress: Progress) -> None:
+    cases = _cases.cases(args.cases.split(","))
+    have_litserve = importlib.util.find_spec("litserve") is not None
+    if not have_litserve:
+        results["notes"].append("LitServe not installed (pip install -e '.[bench]'): skipped")
+    task = progress.add_task("latency", total=len(cases) * (6 + have_litserve) + 1)
+    latency: dict[str, Any] = {}
+    with (
+        _procs.lossreg_server(SERVER) as lossreg,
+        _procs.baseline_server() as baseline,
+        _procs.litserve_server() if have_litserve else _null() as lit,
+    ):
+        floor = _cases.time_calls(_cases.make_empty(baseline.url), runs=300, budget_s=5)
+        results["floor_ms"] = floor.median_ms
+        progress.advance(task)
+        for case in cases:
+            runs, budget = _runs(case, args.quick)
+            row: dict[str, Any] = {"mbytes": case.nbytes / MB, "methods": {}}
+            latency[case.label] = row
+            progress.update(task, description=f"latency {case.label}: in-process")
+            reference_call = _cases.make_inprocess(case)
+            reference = reference_call().copy()
+            row["methods"]["inprocess"] = _entry(
+                _cases.time_calls(reference_call, runs=runs * 2, budget_s=budget)
+            )
+            progress.advance(task)
+            for method, make in _methods(case, lossreg, baseline, lit):
+                progress.update(task, description=f"latency {case.label}: {method}")
+                skipped = _skip(method, case, args.quick)
+                if skipped:
+                    row["methods"][method] = {"skipped": skipped}
+                else:
+                    call = make()
+                    np.testing.assert_allclose(call(), reference, rtol=1e-4, atol=1e-6)
+                    n, b = _baseline_runs(case) if method == "baseline" else (runs, budget)
+                    timing = _cases.time_calls(call, runs=n, budget_s=b, warmup=1)
+                    row["methods"][method] = _entry(timing)
+                progress.advance(task)
+        while _cases.CLEANUP:
+            _cases.CLEANUP.pop()()
+    results["latency"] = latency
+
+
+def _entry(timing: _cases.Timing) -> dict[str, Any]:
+    return {"median_ms": timing.median_ms, "p90_ms": timing.p90_ms, "runs": len(timing.seconds)}
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+# -- concurrency --------------------------------------------------------------------------------
+
+
+def run_concurrency(args: argparse.Namespace, results: dict[str, Any], progress: Progress) -> None:
+    connections = [1, 4, 16]
+    seconds = 2.0 if args.quick else 5.0
+    case = _cases.CASES["ce32"]()
+    body, length = _cases.kserve_body(case)
+    infer = "/v2/models/cross_entropy/infer"
+    rows: list[dict[str, Any]] = []
+    task = progress.add_task("concurrency", total=3 * len(connections))
+    if not have_wrk() and args.load_tool != "python":
+        results["notes"].append("wrk not found (apt-get install wrk): Python load generator used")
+    plan: list[tuple[str, Any, str, bytes, int | None]] = [
+        ("empty endpoint", _procs.baseline_server, "/empty", b"", None),
+        ("lossreg, batching", lambda: _procs.lossreg_server(SERVER), infer, body, length),
+        ("lossreg, no batching", lambda: _procs.lossreg_server(NO_BATCHING), infer, body, length),
+    ]
+    for label, start, path, payload, header_length in plan:
+        with start() as server:
+            for n in connections:
+                progress.update(task, description=f"concurrency {label} x{n}")
+                run_load(server.url + path, payload, connections=n, seconds=0.5,
+                         header_length=header_length, tool=args.load_tool)  # fmt: skip
+                load = run_load(
+                    server.url + path,
+                    payload,
+                    connections=n,
+                    seconds=seconds,
+                    header_length=header_length,
+                    tool=args.load_tool,
+                )
+                rows.append({"server": label, **vars(load), "rps": load.rps})
+                progress.advance(task)
+    results["concurrency"] = rows
+
+
+# -- memory -------------------------------------------------------------------------------------
+
+
+def _post(conn: http.client.HTTPConnection, path: str, body: bytes, length: int) -> None:
+    conn.request(
+        "POST",
+        path,
+        body=body,
+        headers={"Inference-Header-Content-Length": str(length), "Content-Length": str(len(body))},
+    )
+    answer = conn.getresponse()
+    answer.read()
+    if answer.status != 200:
+        raise RuntimeError(f"server answered {answer.status}")
+
+
+def run_memory(args: argparse.Namespace, results: dict[str, Any], progress: Progress) -> None:
+    big = _cases.CASES["ce4k"]()
+    big_body, big_length = _cases.kserve_body(big)
+    small_body, small_length = _cases.kserve_body(_cases.CASES["ce32"]())
+    path = "/v2/models/cross_entropy/infer"
+    many = 2000 if args.quick else 10_000
+    in_flight = 4
+    task = progress.add_task("memory", total=4)
+    memory: dict[str, Any] = {}
+    with _procs.lossreg_server(SERVER) as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=120)
+        _post(conn, path, small_body, small_length)
+        idle = _procs.rss(server.pid)
+        memory["idle RSS (MB)"] = idle / MB
+        _procs.reset_peak(server.pid)
+        for _ in range(5):
+            _post(conn, path, big_body, big_length)
+        peak_one = _procs.peak_rss(server.pid) - _procs.rss(server.pid)
+        progress.advance(task)
+        after_one = _procs.rss(server.pid)
+        _procs.reset_peak(server.pid)
+        base = _procs.rss(server.pid)
+
+        def send_big() -> None:
+            c = http.client.HTTPConnection(host, int(port), timeout=120)
+            for _ in range(3):
+                _post(c, path, big_body, big_length)
+            c.close()
+
+        with concurrent.futures.ThreadPoolExecutor(in_flight) as pool:
+            list(pool.map(lambda _: send_big(), range(in_flight)))
+        peak_many = _procs.peak_rss(server.pid) - base
+        progress.advance(task)
+        payload = big.nbytes
+        memory["payload per 16 MB request (MB)"] = payload / MB
+        memory["peak over steady, 1 in flight (MB)"] = (peak_one + after_one - idle) / MB
+        memory[f"peak over steady, {in_flight} in flight (MB)"] = peak_many / MB
+        memory["peak per in-flight request / payload"] = peak_many / in_flight / payload
+        for _ in range(100):
+            _post(conn, path, small_body, small_length)
+        after_100 = _procs.rss(server.pid)
+        progress.advance(task)
+        for _ in range(many - 100):
+            _post(conn, path, small_body, small_length)
+        after_many = _procs.rss(server.pid)
+        progress.advance(task)
+        memory["RSS after 100 small (MB)"] = after_100 / MB
+        memory[f"RSS after {many} small (MB)"] = after_many / MB
+        memory["growth 100 -> many (MB)"] = (after_many - after_100) / MB
+        memory["small requests"] = many
+        conn.close()
+    results["memory"] = memory
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def _meta(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python -m benchmarks.serving" + (" --quick" if args.quick else ""),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "load_tool": "wrk" if have_wrk() and args.load_tool != "python" else "python",
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = _args(argv)
+    console = Console(width=max(Console().width, 150))
+    results: dict[str, Any] = {"meta": _meta(args), "notes": []}
+    sections = {s.strip() for s in args.sections.split(",") if s.strip()}
+    runners = {"latency": run_latency, "concurrency": run_concurrency, "memory": run_memory}
+    columns = (
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
+    )  # fmt: skip
+    with tempfile.TemporaryDirectory(), Progress(*columns, console=console) as progress:
+        for name, runner in runners.items():
+            if name in sections:
+                runner(args, results, progress)
+    results["targets"] = _targets.evaluate(results)
+    _report.print_tables(results, console)
+    for note in results["notes"]:
+        console.print(f"note: {note}")
+    _report.save_json(results, args.json)
+    plotted = _report.save_plot(results, args.plot) if "latency" in results else False
+    console.print(f"JSON: {args.json}" + (f", plot: {args.plot}" if plotted else ""))
+    return results
+
+
+if __name__ == "__main__":
+    main()
