@@ -133,6 +133,10 @@ class ComputeExecutor:
     def _pick(self) -> DevicePool:
         return min(self.pools, key=lambda p: p.load)
 
+    def pick(self) -> DevicePool:
+        """The device with the least work (running + waiting)."""
+        return self._pick()
+
     async def run(self, fn: Callable[[torch.device], T], *, loss: str = "") -> T:
         """Queue ``fn`` for a device and await its result.
 
@@ -140,6 +144,13 @@ class ComputeExecutor:
             ServerBusy: the chosen device's queue is full.
             ComputeTimeout: queue wait plus compute took longer than ``timeout_s``.
         """
+        pool = self.admit()
+        start = asyncio.get_running_loop().time()
+        await self.acquire(pool, start)
+        return await self.execute(pool, fn, loss=loss, start=start)
+
+    def admit(self) -> DevicePool:
+        """The device with the least work, or `ServerBusy` when even its queue is full."""
         pool = self._pick()
         if pool.full:
             raise ServerBusy(
@@ -147,19 +158,48 @@ class ComputeExecutor:
                 "requests are queued; retry later",
                 retry_after=self.retry_after_s,
             )
+        return pool
+
+    def hold(self, pool: DevicePool, count: int = 1) -> None:
+        """Count requests as waiting for ``pool`` (queue gauge, admission) outside `acquire`,
+        e.g. while the dynamic batcher gathers them; `hold(pool, -1)` when they leave."""
+        pool.waiting += count
+        self.metrics.queued.labels(device=pool.label).inc(count)
+
+    async def acquire(self, pool: DevicePool, start: float, *, queued: bool = True) -> None:
+        """Wait for one of ``pool``'s workers, until ``start + timeout_s``.
+
+        Args:
+            pool: the device pool.
+            start: when the request arrived (``loop.time()``): the timeout runs from there.
+            queued: count the wait in the pool's queue (False when `hold` already does).
+
+        Raises:
+            ComputeTimeout: no worker was free in time.
+        """
         loop = asyncio.get_running_loop()
-        start = loop.time()
-        pool.waiting += 1
-        self.metrics.queued.labels(device=pool.label).inc()
+        if queued:
+            self.hold(pool)
         try:
-            await asyncio.wait_for(pool.slots.acquire(), self.timeout_s)
+            remaining = max(0.0, start + self.timeout_s - loop.time())
+            await asyncio.wait_for(pool.slots.acquire(), remaining)
         except asyncio.TimeoutError:
             raise self._timeout(pool, "waiting for a worker") from None
         finally:
-            pool.waiting -= 1
-            self.metrics.queued.labels(device=pool.label).dec()
+            if queued:
+                self.hold(pool, -1)
         self.metrics.queue_seconds.labels(device=pool.label).observe(loop.time() - start)
 
+    async def execute(
+        self, pool: DevicePool, fn: Callable[[torch.device], T], *, loss: str, start: float
+    ) -> T:
+        """Run ``fn(device)`` on a worker of ``pool`` (whose slot `acquire` took) and await it.
+
+        Raises:
+            ComputeTimeout: it was still running at ``start + timeout_s``; the slot is given
+                back and the worker replaced (see the module docstring).
+        """
+        loop = asyncio.get_running_loop()
         pool.running += 1
         self.metrics.running.labels(device=pool.label).inc()
         context = contextvars.copy_context()  # the request id follows into the worker's logs
@@ -175,7 +215,7 @@ class ComputeExecutor:
         future.add_done_callback(lambda _: loop.call_soon_threadsafe(release))
         result = asyncio.wrap_future(future)
         result.add_done_callback(_mark_retrieved)
-        remaining = max(0.0, self.timeout_s - (loop.time() - start))
+        remaining = max(0.0, start + self.timeout_s - loop.time())
         try:
             return await asyncio.wait_for(asyncio.shield(result), remaining)
         except asyncio.TimeoutError:
