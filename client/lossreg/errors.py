@@ -31,6 +31,8 @@ sides of the wire.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Collection, Sequence
 from typing import Any, ClassVar
 
 __all__ = [
@@ -57,6 +59,7 @@ __all__ = [
     "TransportError",
     "Unauthorized",
     "error_from_payload",
+    "field_path",
 ]
 
 
@@ -196,6 +199,22 @@ class TransportError(ClientError):
 
 class TimeoutError(ClientError):  # noqa: A001 - mirrors httpx.TimeoutException naming
     code = "timeout"
+
+
+_UNION_TAG = re.compile(
+    r"^(bool|int|float|str|bytes|none|list|dict|tuple|set|function-\w+|json-or-python)(\[.*\])?$"
+)
+
+
+def field_path(loc: Sequence[Any], skip: Collection[str] = ()) -> str:
+    """A pydantic error location as the request field it names: ``parameters.reduction``.
+
+    pydantic appends the union branch it tried (``reduction.bool``); that is no field name.
+    """
+    parts = [
+        str(p) for p in loc if p not in skip and not (isinstance(p, str) and _UNION_TAG.match(p))
+    ]
+    return ".".join(parts)
 
 
 def _subclasses(cls: type[LossRegError]) -> list[type[LossRegError]]:

@@ -42,7 +42,7 @@ class Settings(BaseSettings):
         description="auto (every CUDA device, else CPU), cpu, cuda:N, or a comma list "
         "(cuda:0,cuda:1): one bounded compute pool per device.",
     )
-    compute_dtype: str | None = Field(
+    compute_dtype: Literal["float32", "float64"] | None = Field(
         None, description="Compute float16/bfloat16 inputs in this dtype (e.g. float32)."
     )
 
@@ -59,7 +59,9 @@ class Settings(BaseSettings):
     compute_threads: int = Field(2, ge=1, description="Concurrent computations per device.")
     max_queue: int = Field(64, ge=1, description="Requests waiting for compute before 503.")
     compute_timeout_s: float = Field(60.0, gt=0, description="A computation past this answers 504.")
-    log_level: str = Field("info", description="Logging level.")
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
+        "info", description="Logging level."
+    )
     retry_after_s: float = Field(
         1.0, ge=0, description="Retry-After (seconds) sent with 503 when the queue is full."
     )

@@ -250,10 +250,17 @@ def test_unknown_and_non_differentiable_outputs(http: httpx.Client) -> None:
 
 
 def test_the_loss_rejecting_its_inputs(http: httpx.Client) -> None:
+    x = {"name": "input", "shape": [2], "datatype": "FP32", "data": [0.5, 1.5]}
+    target = {"name": "target", "shape": [2], "datatype": "FP32", "data": [0.0, 1.0]}
+    r = post_json(http, {"inputs": [x, target]}, loss="binary_cross_entropy")
+    check(r, 422, "loss_rejected_input", None, "binary_cross_entropy: the loss rejected its inputs")
+
+
+def test_class_index_out_of_range_names_the_target(http: httpx.Client) -> None:
     x = tensor("input", X)
     target = {"name": "target", "shape": [3], "datatype": "INT64", "data": [0, 1, 9]}
     r = post_json(http, {"inputs": [x, target]}, loss="cross_entropy")
-    check(r, 422, "loss_rejected_input", None, "cross_entropy: the loss rejected its inputs")
+    check(r, 422, "invalid_input", "target", "target holds class index 9")
 
 
 def test_grad_loss_of_the_wrong_shape(http: httpx.Client) -> None:

@@ -256,7 +256,7 @@ def test_safe_behaviour_defaults() -> None:
     defaults = Settings()
     assert defaults.host == "127.0.0.1"  # nothing listens beyond the machine unless asked
     assert defaults.nonfinite == "reject"  # NaN never flows back silently
-    assert MAX_DIMS == 32 and MAX_ELEMENTS == 2**59
+    assert MAX_DIMS == 32 and MAX_ELEMENTS == 2**24
 
 
 def test_a_small_cap_is_enforced_on_every_compute_route(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from lossreg.errors import InvalidParameter
+from lossreg.errors import InvalidParameter, LossRejectedInput
 from lossreg_service.engine import evaluate
 from lossreg_service.registry import INT_DTYPES, LossDefinition, TensorSpec, build_loss, loss
 
@@ -182,3 +182,18 @@ def test_unannotated_defaults_are_typed_from_their_values():
     assert model.model_json_schema()["properties"]["margin"]["type"] == "number"
     with pytest.raises(pydantic.ValidationError):
         model.model_validate({"swap": "not a bool"})
+
+
+def test_unannotated_none_defaults_take_json_scalars_only():
+    def f(input, target, scale=None):
+        return (input * scale).sum()
+
+    built = build_loss(f, "untyped")
+    x = torch.ones(2)
+    with pytest.raises(InvalidParameter) as excinfo:
+        evaluate(built, {"input": x, "target": x}, {"scale": {"__class__": 1}})
+    assert excinfo.value.field == "scale"
+    # a scalar of the wrong kind reaches the loss, which refuses it: a 422, not a 500
+    with pytest.raises(LossRejectedInput, match="untyped"):
+        evaluate(built, {"input": x, "target": x}, {"scale": "abc"})
+    assert evaluate(built, {"input": x, "target": x}, {"scale": 3}).loss.item() == 6.0

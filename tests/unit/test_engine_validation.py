@@ -68,10 +68,23 @@ def test_grad_loss_must_match_the_loss_shape():
 
 
 def test_what_torch_refuses_inside_the_loss_is_a_client_error():
-    inputs = {"input": torch.randn(4, 3), "target": torch.tensor([0, 1, 2, 7])}
-    with pytest.raises(LossRejectedInput, match="cross_entropy") as excinfo:
-        evaluate(CE, inputs)
+    bce = REGISTRY.get("binary_cross_entropy")
+    inputs = {"input": torch.tensor([0.5, 1.5]), "target": torch.tensor([0.0, 1.0])}
+    with pytest.raises(LossRejectedInput, match="binary_cross_entropy") as excinfo:
+        evaluate(bce, inputs)
     assert excinfo.value.status_code == 422
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "nll_loss", "multi_margin_loss"])
+def test_class_indices_out_of_range_name_the_target(name):
+    inputs = {"input": torch.randn(4, 3), "target": torch.tensor([0, 1, 2, 7])}
+    with pytest.raises(InvalidInput) as excinfo:
+        evaluate(REGISTRY.get(name), inputs)
+    assert excinfo.value.field == "target"
+    assert "class index 7" in str(excinfo.value) and "[0, 3)" in str(excinfo.value)
+    inputs["target"] = torch.tensor([0, 1, 2, -100])  # the default ignore_index is allowed
+    if name != "multi_margin_loss":
+        assert torch.isfinite(evaluate(REGISTRY.get(name), inputs).loss)
 
 
 def test_integer_class_indices_of_any_width_are_cast():

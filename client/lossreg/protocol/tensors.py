@@ -32,8 +32,10 @@ __all__ = [
 
 MAX_DIMS = 32
 """Most dimensions a tensor may declare (numpy's own limit is 64)."""
-MAX_ELEMENTS = 2**59
-"""Most elements a shape may describe: numpy refuses arrays of 2**63 bytes or more, even empty."""
+MAX_ELEMENTS = 2**24
+"""Most elements the non-zero sizes of an EMPTY shape may multiply to. A non-empty tensor is
+bounded by the body cap (its bytes travel); an empty one carries no bytes, yet losses allocate
+per-sample and per-class buffers from its other sizes ([1, 2**26, 0] once cost 2.4 GB)."""
 
 
 def check_shape(name: str, shape: Any) -> tuple[int, ...]:
@@ -57,8 +59,8 @@ def check_shape(name: str, shape: Any) -> tuple[int, ...]:
         )
     if 0 in shape and math.prod(d for d in shape if d) > MAX_ELEMENTS:  # else: size checks
         raise InvalidTensor(
-            f"tensor {name!r}: shape {list(shape)} is too large (its non-zero sizes multiply "
-            f"past 2**59)",
+            f"tensor {name!r}: shape {list(shape)} is too large (an empty tensor's other sizes "
+            f"may multiply to at most {MAX_ELEMENTS})",
             field=name,
         )
     return tuple(shape)

@@ -25,6 +25,7 @@ from lossreg.errors import (
     LossRejectedInput,
     NonFiniteValue,
     ShapeMismatch,
+    field_path,
 )
 from lossreg.protocol.checks import TensorInfo, check_grad, check_tensors
 
@@ -219,7 +220,7 @@ def _validate_term(term: Term, inputs: Mapping[str, TensorInfo]) -> dict[str, An
         return term.loss.validate_params(term.params)
     except pydantic.ValidationError as exc:
         error = exc.errors()[0]
-        where = ".".join(str(p) for p in error["loc"]) or "params"
+        where = field_path(error["loc"]) or "params"
         message = (
             f"{spec.name}: unknown parameter {where!r}"
             if error["type"] == "extra_forbidden"
@@ -264,8 +265,9 @@ def _forward(
         out = loss(tensors, params)
     except (LossRegError, torch.cuda.OutOfMemoryError):
         raise
-    except (RuntimeError, ValueError, IndexError) as exc:
-        # torch reports bad shapes, values and class indices this way.
+    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+        # torch reports bad shapes, values and class indices this way; a plugin handed a
+        # parameter of the wrong kind raises TypeError.
         raise LossRejectedInput(f"{loss.name}: the loss rejected its inputs: {exc}") from exc
     except Exception as exc:
         raise ComputeError(f"{loss.name} failed: {type(exc).__name__}: {exc}") from exc

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
+from lossreg.errors import InvalidInput
+
 from ..registry import FLOAT_DTYPES, INT_DTYPES, Reduction, TensorSpec, loss
 
 NonNegative = Annotated[float, Field(ge=0)]
@@ -34,6 +36,28 @@ def _target(
     shape: str | None = _SAME, doc: str = "targets", dtypes: tuple[str, ...] = FLOAT_DTYPES
 ) -> TensorSpec:
     return TensorSpec("target", dtypes, differentiable=False, shape=shape, doc=doc)
+
+
+def _check_classes(input: Tensor, target: Tensor, ignore_index: int | None = None) -> None:
+    """Class indices must lie in [0, C) (or be ``ignore_index``).
+
+    torch reports an out-of-range index without naming the input on CPU, and on CUDA as a
+    device-side assert that poisons the whole CUDA context: check first, name the field.
+    """
+    if target.numel() == 0:
+        return
+    classes = input.shape[1] if input.dim() > 1 else input.shape[0]
+    valid = (target >= 0) & (target < classes)
+    if ignore_index is not None:
+        valid |= target == ignore_index
+    if not bool(valid.all()):
+        bad = int(target[~valid].flatten()[0])
+        allowed = f"[0, {classes})" + (f" or {ignore_index}" if ignore_index is not None else "")
+        raise InvalidInput(
+            f"target holds class index {bad}; the input has {classes} classes, so indices must "
+            f"be in {allowed}",
+            field="target",
+        )
 
 
 _ELEMENTWISE = {"input": _pred(), "target": _target()}
@@ -89,6 +113,7 @@ def cross_entropy(
 ) -> Tensor:
     if not target.is_floating_point():
         target = target.long()
+        _check_classes(input, target, ignore_index)
     return F.cross_entropy(
         input,
         target,
@@ -116,6 +141,7 @@ def nll_loss(
     ignore_index: int = -100,
     reduction: Reduction = "mean",
 ) -> Tensor:
+    _check_classes(input, target, ignore_index)
     return F.nll_loss(input, target, weight=weight, ignore_index=ignore_index, reduction=reduction)
 
 
@@ -263,6 +289,7 @@ def multi_margin_loss(
     margin: float = 1.0,
     reduction: Reduction = "mean",
 ) -> Tensor:
+    _check_classes(input, target)
     return F.multi_margin_loss(
         input, target, p=p, margin=margin, weight=weight, reduction=reduction
     )

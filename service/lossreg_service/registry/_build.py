@@ -29,6 +29,9 @@ from .spec import META_ATTR, LossDefinition, LossSpec, TensorSpec, default_tenso
 
 _SKIP_KINDS = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
 
+JsonScalar = bool | int | float | str | None
+"""What an unannotated parameter with a ``None`` default accepts: never lists or objects."""
+
 
 @dataclasses.dataclass(frozen=True)
 class _Arg:
@@ -142,7 +145,9 @@ def _params_model(
         annotation = overrides.get(arg.name, arg.annotation)
         if annotation is inspect.Parameter.empty:
             annotation = (
-                type(arg.default) if arg.default not in (None, inspect.Parameter.empty) else Any
+                type(arg.default)
+                if arg.default not in (None, inspect.Parameter.empty)
+                else JsonScalar
             )
         if arg.required:
             fields[arg.name] = (annotation, ...)

@@ -25,6 +25,7 @@ from lossreg.errors import (
     LossRegError,
     ServerBusy,
     Unauthorized,
+    field_path,
 )
 
 log = logging.getLogger("lossreg.server")
@@ -47,8 +48,7 @@ def error_response(
 
 
 def _location(loc: tuple[Any, ...] | list[Any]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    return ".".join(parts) or "body"
+    return field_path(loc, skip=("body", "query", "path", "header")) or "body"
 
 
 def from_validation_error(

@@ -23,6 +23,7 @@ from lossreg.protocol import (
     array_from_bytes,
     array_from_json,
     array_to_json_data,
+    check_shape,
     datatype_from_torch_name,
     numpy_dtype,
     torch_name,
@@ -51,6 +52,7 @@ def _decode_nested(name: str, value: Any) -> tuple[np.ndarray, str]:
         raise InvalidTensor(
             f"input {name!r} is not a rectangular list of numbers ({exc})", field=name
         ) from None
+    check_shape(name, list(parsed.shape))  # the rank and size limits of every other form
     if parsed.size == 0:
         parsed = parsed.astype(np.float32)
     datatype = _NESTED_DTYPES.get(parsed.dtype.kind)
