@@ -76,6 +76,39 @@ class Settings(BaseSettings):
         "and the response lists the non-finite outputs); a request may choose per call.",
     )
 
+    # -- performance ----------------------------------------------------------------------------
+    batch_max_size: int = Field(
+        64,
+        ge=1,
+        description="Dynamic batching: up to this many concurrent small inference requests "
+        "with the same loss, parameters and shapes run as one computation; 1 turns it off.",
+    )
+    batch_max_delay_us: int = Field(
+        0,
+        ge=0,
+        description="How long (microseconds) a request may wait for others to join its batch, "
+        "like Triton's max_queue_delay_microseconds; 0: batch what is already waiting.",
+    )
+    batch_max_bytes: int = Field(
+        64 * 1024, ge=0, description="Only requests whose body is at most this big are batched."
+    )
+    batch_vmap: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Run a batch as one torch.func.vmap computation: auto = on CUDA, off on CPU "
+        "(off: one by one in one worker call, bit-identical to unbatched).",
+    )
+    allow_client_shm: bool = Field(
+        False,
+        description="Let clients register system shared-memory regions (/v2/systemsharedmemory, "
+        "Triton's --allow-client-shm) and pass tensors in them; for co-located clients.",
+    )
+    intra_op_threads: int = Field(
+        0,
+        ge=0,
+        description="torch intra-op threads per computation; 0: the CPU cores divided by the "
+        "computations that can run at once (workers x compute_threads), at least 1.",
+    )
+
     @field_validator("plugins", "allow", "deny", "api_keys", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:

@@ -20,10 +20,12 @@ from ..engine import parse_dtype
 from ..settings import Settings
 from .errors import add_exception_handlers
 from .executor import ComputeExecutor, resolve_devices
+from .fastpath import InferFastPath
 from .logs import configure_logging
 from .metrics import Metrics
 from .middleware import RequestContextMiddleware
 from .openapi import install_openapi
+from .pipeline import configure_compute
 from .routes import health, metrics, v1, v2
 
 __all__ = ["create_app"]
@@ -66,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             retry_after_s=settings.retry_after_s,
             metrics=metrics_,
         )
+        app.state.batcher = configure_compute(app.state.executor, settings)
         log.info(
             "serving %d losses on %s",
             len(app.state.registry),
@@ -86,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics_
     app.state.compute_dtype = compute_dtype
     add_exception_handlers(app)
+    app.add_middleware(InferFastPath)  # inside the request-context middleware
     app.add_middleware(RequestContextMiddleware, metrics=metrics_)
     for router in (health.router, v2.router, v1.router, metrics.router):
         app.include_router(router)

@@ -19,9 +19,10 @@ from lossreg.errors import ComputeError, InvalidTensor
 from lossreg.protocol import datatype_from_torch_name
 
 from ..engine import Evaluation, Term, dtype_name, evaluate_terms
+from ..engine.batching import evaluate_batch
 from ..registry import Loss
 
-__all__ = ["Computation", "compute", "to_numpy", "to_torch"]
+__all__ = ["Computation", "compute", "compute_batch", "to_numpy", "to_torch"]
 
 
 def to_torch(array: np.ndarray, datatype: str) -> torch.Tensor:
@@ -94,6 +95,53 @@ def compute(computation: Computation, device: torch.device) -> Result:
         terms={key: float(v) for key, v in evaluation.terms.items()},
         nonfinite=evaluation.nonfinite,
     )
+
+
+def compute_batch(
+    loss: Loss,
+    computations: Sequence[Computation],
+    device: torch.device,
+    *,
+    vmap: bool = False,
+) -> list[Result | Exception]:
+    """Run a batch on a worker: computations that differ only in their tensors' values (same
+    loss, parameters, gradients, shapes and dtypes) through `evaluate_batch`; each gets its
+    own result or error."""
+    first = computations[0]
+    items = [
+        (
+            {name: to_torch(a, dt) for name, (a, dt) in c.inputs.items()},
+            to_torch(*c.grad_loss) if c.grad_loss is not None else None,
+        )
+        for c in computations
+    ]
+    evaluations = evaluate_batch(
+        loss,
+        items,
+        first.terms[0].params,
+        grad=first.grad,
+        device=device,
+        compute_dtype=first.compute_dtype,
+        nonfinite=first.nonfinite,
+        vmap=vmap,
+    )
+    results: list[Result | Exception] = []
+    for evaluation in evaluations:
+        if isinstance(evaluation, Exception):
+            results.append(evaluation)
+            continue
+        try:
+            results.append(
+                Result(
+                    loss=to_numpy(evaluation.loss),
+                    grads={name: to_numpy(g) for name, g in evaluation.grads.items()},
+                    terms={},
+                    nonfinite=evaluation.nonfinite,
+                )
+            )
+        except ComputeError as exc:
+            results.append(exc)
+    return results
 
 
 def single(loss: Loss, params: Mapping[str, Any]) -> list[Term]:

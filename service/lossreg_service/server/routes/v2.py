@@ -12,8 +12,6 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from lossreg.protocol import (
-    HEADER_LENGTH,
-    Buffer,
     ErrorResponse,
     InferResponse,
     ModelMetadataResponse,
@@ -22,12 +20,10 @@ from lossreg.protocol import (
 
 from ...registry import Loss
 from ..auth import require_api_key
-from ..body import encoded_response, read_body
 from ..catalog import check_version, model_metadata
-from ..dataplane import Computation, compute, single
 from ..deps import ExecutorDep, RegistryDep, SettingsDep
-from ..inference import decode_request, encode_response
 from ..openapi import request_body
+from ..pipeline import run_inference
 
 router = APIRouter(prefix="/v2/models", tags=["v2"], dependencies=[Depends(require_api_key)])
 
@@ -79,27 +75,8 @@ async def ready_version(name: str, version: str, registry: RegistryDep) -> Model
 async def _infer(
     request: Request, loss: Loss, settings: SettingsDep, executor: ExecutorDep
 ) -> Response:
-    body = await read_body(request, settings.max_request_bytes)
-    header_length = request.headers.get(HEADER_LENGTH)
-    compute_dtype = request.app.state.compute_dtype
-
-    def work(device: Any) -> tuple[list[Buffer], int | None]:
-        decoded = decode_request(loss.spec, body, header_length)
-        computation = Computation(
-            single(loss, decoded.params),
-            decoded.inputs,
-            grad=decoded.plan.grad,
-            grad_loss=decoded.grad_loss,
-            compute_dtype=compute_dtype,
-            nonfinite=decoded.nonfinite or settings.nonfinite,
-        )
-        result = compute(computation, device)
-        return encode_response(loss.spec, decoded, result.loss, result.grads, result.nonfinite)
-
-    chunks, length = await executor.run(work, loss=loss.spec.name)
-    return encoded_response(
-        request, chunks, header_length=length, min_bytes=settings.compress_min_bytes
-    )
+    batcher = getattr(request.app.state, "batcher", None)
+    return await run_inference(request, loss, settings, executor, batcher)
 
 
 def _resolve(request: Request, registry: RegistryDep, name: str) -> Loss:
