@@ -234,6 +234,10 @@ LIMITS: dict[str, tuple[Any, Any, str]] = {
     "retry_after_s": (1.0, 60.0, "Retry-After sent with 503"),
     "workers": (1, 1, "uvicorn worker processes"),
     "compress_min_bytes": (1024, 1 * MIB, "smallest response compressed on request"),
+    "batch_max_size": (64, 1024, "requests in one dynamic batch"),
+    "batch_max_delay_us": (0, 100_000, "wait for a batch to fill (0: none)"),
+    "batch_max_bytes": (64 * 1024, 1 * MIB, "largest request body that is batched"),
+    "intra_op_threads": (0, 64, "torch threads per computation (0: cores / computations)"),
 }
 LIMIT_WORDS = ("max_", "timeout", "_bytes", "threads", "queue", "workers", "retry")
 
@@ -243,7 +247,8 @@ def test_every_limit_has_a_documented_safe_default() -> None:
     for name, (documented, ceiling, _) in LIMITS.items():
         value = getattr(defaults, name)
         assert value == documented, f"{name}: default {value}, the README says {documented}"
-        assert 0 < value <= ceiling, f"{name}: default {value} is not a safe limit"
+        low = 0 if documented == 0 else 1  # a documented 0 means "none" or "automatic"
+        assert low <= value <= ceiling, f"{name}: default {value} is not a safe limit"
     undocumented = [
         name
         for name in Settings.model_fields

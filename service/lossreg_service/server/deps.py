@@ -1,4 +1,8 @@
-"""Typed dependency aliases: the registry, settings, executor and metrics built in the lifespan."""
+"""Typed dependency aliases: the registry, settings, executor and metrics built in the lifespan.
+
+The getters are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in a thread
+pool, a thread hand-off per dependency per request (most of a small request's cost).
+"""
 
 from __future__ import annotations
 
@@ -14,19 +18,19 @@ from .metrics import Metrics
 __all__ = ["ExecutorDep", "MetricsDep", "RegistryDep", "SettingsDep"]
 
 
-def get_registry(request: Request) -> LossRegistry:
+async def get_registry(request: Request) -> LossRegistry:
     return request.app.state.registry  # type: ignore[no-any-return]
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def get_executor(request: Request) -> ComputeExecutor:
+async def get_executor(request: Request) -> ComputeExecutor:
     return request.app.state.executor  # type: ignore[no-any-return]
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics  # type: ignore[no-any-return]
 
 
