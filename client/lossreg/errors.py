@@ -24,6 +24,10 @@ sides of the wire.
     ├── ServerBusy                    503 server_busy          (queue full; has retry_after)
     │   ├── ServerNotReady            503 server_not_ready
     │   └── DeviceOutOfMemory         503 device_out_of_memory
+    ├── SharedMemoryError             400 shared_memory_error  (a region that cannot be mapped)
+    │   ├── SharedMemoryDisabled      403 shared_memory_disabled (LOSSREG_ALLOW_CLIENT_SHM off)
+    │   ├── RegionNotFound            404 region_not_found
+    │   └── RegionExists              409 region_exists
     └── ClientError                   --  client_error         (raised only by the client)
         ├── TransportError            --  transport_error      (connection refused, reset, ...)
         └── TimeoutError              --  timeout
@@ -52,9 +56,13 @@ __all__ = [
     "NonFiniteValue",
     "PayloadTooLarge",
     "PluginLoadError",
+    "RegionExists",
+    "RegionNotFound",
     "ServerBusy",
     "ServerNotReady",
     "ShapeMismatch",
+    "SharedMemoryDisabled",
+    "SharedMemoryError",
     "TimeoutError",
     "TransportError",
     "Unauthorized",
@@ -184,6 +192,28 @@ class ServerNotReady(ServerBusy):
 
 class DeviceOutOfMemory(ServerBusy):
     code = "device_out_of_memory"
+
+
+class SharedMemoryError(LossRegError):
+    """A system shared-memory region cannot be registered (bad key, window, object)."""
+
+    status_code = 400
+    code = "shared_memory_error"
+
+
+class SharedMemoryDisabled(SharedMemoryError):
+    status_code = 403
+    code = "shared_memory_disabled"
+
+
+class RegionNotFound(SharedMemoryError):
+    status_code = 404
+    code = "region_not_found"
+
+
+class RegionExists(SharedMemoryError):
+    status_code = 409
+    code = "region_exists"
 
 
 class ClientError(LossRegError):

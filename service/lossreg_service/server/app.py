@@ -26,7 +26,7 @@ from .metrics import Metrics
 from .middleware import RequestContextMiddleware
 from .openapi import install_openapi
 from .pipeline import configure_compute
-from .routes import health, metrics, v1, v2
+from .routes import health, metrics, shm, v1, v2
 
 __all__ = ["create_app"]
 
@@ -91,7 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_exception_handlers(app)
     app.add_middleware(InferFastPath)  # inside the request-context middleware
     app.add_middleware(RequestContextMiddleware, metrics=metrics_)
-    for router in (health.router, v2.router, v1.router, metrics.router):
+    for router in (health.router, v2.router, v1.router, metrics.router, shm.router):
         app.include_router(router)
     install_openapi(app)
     return app

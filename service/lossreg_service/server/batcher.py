@@ -97,6 +97,8 @@ class DynamicBatcher:
         finally:
             if not pending.future.done():
                 pending.future.cancel()  # the batch skips it; nobody waits for it anymore
+            elif not pending.future.cancelled():
+                pending.future.exception()  # retrieved, even if this wait gave up first
             if pending in queue.items:
                 queue.items.remove(pending)
                 self.executor.hold(pool, -1)

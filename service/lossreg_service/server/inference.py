@@ -17,12 +17,13 @@ import numpy as np
 import orjson
 import pydantic
 
-from lossreg.errors import InvalidInput, InvalidParameter, InvalidRequest
+from lossreg.errors import InvalidInput, InvalidParameter, InvalidRequest, InvalidTensor
 from lossreg.protocol import (
     RESERVED_PARAMETER_PREFIX,
     RESERVED_PARAMETERS,
     Buffer,
     InferRequest,
+    binary_data_size,
     decode_tensor,
     encode_tensor,
     frame_body,
@@ -32,6 +33,8 @@ from lossreg.protocol import (
 
 from ..registry import LossSpec
 from .errors import from_validation_error
+from .shm import SHM_BYTE_SIZE, SHM_OFFSET, SHM_REGION, SharedMemoryRegions
+from .shm import reference as shm_reference
 
 __all__ = ["GRAD_LOSS", "Decoded", "OutputPlan", "decode_request", "encode_response"]
 
@@ -47,6 +50,8 @@ class OutputPlan:
 
     outputs: list[tuple[str, bool]]  # (name, binary)
     grad: list[str] | None  # inputs to differentiate; None: every differentiable one sent
+    shm: dict[str, tuple[str, int, memoryview]] = dataclasses.field(default_factory=dict)
+    # outputs written into shared memory: name -> (region, offset, its writable window)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +78,9 @@ def _is_true(value: Any) -> bool:
     return value is True or (isinstance(value, str) and value.lower() == "true")
 
 
-def _plan(spec: LossSpec, request: InferRequest, sent: set[str]) -> OutputPlan:
+def _plan(
+    spec: LossSpec, request: InferRequest, sent: set[str], shm: SharedMemoryRegions | None
+) -> OutputPlan:
     params = request.parameters or {}
     binary_default = _is_true(params.get("binary_data_output"))
     differentiable = [t.name for t in spec.inputs + spec.tensor_params if t.differentiable]
@@ -84,6 +91,7 @@ def _plan(spec: LossSpec, request: InferRequest, sent: set[str]) -> OutputPlan:
             [(n, binary_default) for n in [LOSS] + [GRAD_PREFIX + g for g in grads]], None
         )
     outputs: list[tuple[str, bool]] = []
+    windows: dict[str, tuple[str, int, memoryview]] = {}
     for requested in request.outputs:
         if requested.name not in known:
             raise InvalidInput(
@@ -94,9 +102,17 @@ def _plan(spec: LossSpec, request: InferRequest, sent: set[str]) -> OutputPlan:
         if any(requested.name == name for name, _ in outputs):
             raise InvalidInput(f"output {requested.name!r} requested twice", field=requested.name)
         flag = (requested.parameters or {}).get("binary_data")
+        ref = shm_reference(requested.parameters, requested.name)
+        if ref is not None:
+            region, offset, size = ref
+            if shm is None:
+                raise InvalidTensor("system shared memory is not available", field=requested.name)
+            view = shm.get(region, requested.name).view(offset, size, requested.name)
+            windows[requested.name] = (region, offset, view)
+            flag = False
         outputs.append((requested.name, binary_default if flag is None else _is_true(flag)))
     grad = [name[len(GRAD_PREFIX) :] for name, _ in outputs if name != LOSS]
-    return OutputPlan(outputs, grad)
+    return OutputPlan(outputs, grad, windows)
 
 
 def loss_params(parameters: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -118,8 +134,14 @@ def nonfinite_mode(parameters: Mapping[str, Any] | None) -> str | None:
     )
 
 
-def decode_request(spec: LossSpec, body: Buffer, header_length: str | None) -> Decoded:
-    """Parse and check a v2 inference body (JSON, or JSON header + binary tensors).
+def decode_request(
+    spec: LossSpec,
+    body: Buffer,
+    header_length: str | None,
+    shm: SharedMemoryRegions | None = None,
+) -> Decoded:
+    """Parse and check a v2 inference body (JSON, or JSON header + binary tensors, or tensors
+    in registered shared-memory regions when ``shm`` is given).
 
     Raises:
         InvalidRequest: malformed framing or JSON, or a body that is not an inference request.
@@ -150,12 +172,15 @@ def decode_request(spec: LossSpec, body: Buffer, header_length: str | None) -> D
                 + ", ".join(sorted(names) + ([GRAD_LOSS] if takes_grad_loss else [])),
                 field=name,
             )
-        decoded = (decode_tensor(entry, binary.get(name)), str(entry["datatype"]))
+        raw = binary.get(name)
+        if raw is None:
+            raw = _shm_input(entry, name, shm)
+        decoded = (decode_tensor(entry, raw), str(entry["datatype"]))
         if name == GRAD_LOSS and takes_grad_loss:
             grad_loss = decoded
         else:
             inputs[name] = decoded
-    plan = _plan(spec, request, set(inputs))
+    plan = _plan(spec, request, set(inputs), shm)
     return Decoded(
         request.id,
         inputs,
@@ -164,6 +189,43 @@ def decode_request(spec: LossSpec, body: Buffer, header_length: str | None) -> D
         plan,
         nonfinite_mode(request.parameters),
     )
+
+
+def _shm_input(
+    entry: Mapping[str, Any], name: str, shm: SharedMemoryRegions | None
+) -> memoryview | None:
+    """The shared-memory window an input names, or None when it names none."""
+    ref = shm_reference(entry.get("parameters"), name)
+    if ref is None:
+        return None
+    if shm is None:
+        raise InvalidTensor("system shared memory is not available", field=name)
+    if entry.get("data") is not None or binary_data_size(entry) is not None:
+        raise InvalidTensor(
+            f"tensor {name!r} names a shared memory region and also carries data; send one",
+            field=name,
+        )
+    region, offset, size = ref
+    return shm.get(region, name).view(offset, size, name)
+
+
+def _shm_output(
+    name: str, array: np.ndarray, datatype: str, region: str, offset: int, window: memoryview
+) -> dict[str, Any]:
+    """Write an output into its shared-memory window; its response entry names the region."""
+    raw = memoryview(np.ascontiguousarray(array)).cast("B")
+    if raw.nbytes > window.nbytes:
+        raise InvalidTensor(
+            f"output {name!r} needs {raw.nbytes} bytes but its shared memory window has "
+            f"{window.nbytes}",
+            field=name,
+        )
+    window[: raw.nbytes] = raw
+    parameters: dict[str, Any] = {SHM_REGION: region, SHM_BYTE_SIZE: raw.nbytes}
+    if offset:
+        parameters[SHM_OFFSET] = offset
+    return {"name": name, "datatype": datatype, "shape": list(array.shape),
+            "parameters": parameters}  # fmt: skip
 
 
 def encode_response(
@@ -183,6 +245,9 @@ def encode_response(
     buffers: list[Buffer] = []
     for name, binary in decoded.plan.outputs:
         array, datatype = loss if name == LOSS else grads[name[len(GRAD_PREFIX) :]]
+        if name in decoded.plan.shm:
+            outputs.append(_shm_output(name, array, datatype, *decoded.plan.shm[name]))
+            continue
         entry, raw = encode_tensor(name, array, binary=binary, datatype=datatype)
         outputs.append(entry)
         if raw is not None:

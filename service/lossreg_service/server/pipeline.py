@@ -2,12 +2,13 @@
 
 Two paths, chosen by the body's size:
 
-- small bodies (at most ``LOSSREG_BATCH_MAX_BYTES``, dynamic batching on): decoded on the event
-  loop (tens of microseconds), grouped with concurrent requests that have the same loss,
-  parameters and shapes (`batch_key`), computed as one batch by one worker call, and encoded
-  back on the loop;
-- everything else: decoding, evaluation and encoding all happen on a worker, so a big body
-  (a 16 MB tensor, or megabytes of JSON numbers) never stalls the event loop.
+- small bodies (at most ``LOSSREG_BATCH_MAX_BYTES``) are decoded on the event loop (tens of
+  microseconds). With small tensors too, dynamic batching groups them with concurrent requests
+  that have the same loss, parameters and shapes (`batch_key`), one worker call computes the
+  batch, and each answer is encoded back on the loop. A small body can still name big tensors
+  (in shared memory): those are computed, and written back, on a worker;
+- big bodies: decoding, evaluation and encoding all happen on a worker, so a 16 MB tensor or
+  megabytes of JSON numbers never stall the event loop.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .body import encoded_response, read_body
 from .dataplane import Computation, Result, compute, compute_batch, single
 from .executor import ComputeExecutor
 from .inference import Decoded, decode_request, encode_response
+from .shm import regions
 
 __all__ = ["batch_key", "configure_compute", "run_inference"]
 
@@ -115,6 +117,13 @@ def _computation(
     )
 
 
+def _tensor_bytes(decoded: Decoded) -> int:
+    arrays = [a for a, _ in decoded.inputs.values()]
+    if decoded.grad_loss is not None:
+        arrays.append(decoded.grad_loss[0])
+    return sum(a.nbytes for a in arrays)
+
+
 def _batch(
     loss: Loss, vmap: bool, computations: Sequence[Any], device: torch.device
 ) -> list[Result | Exception]:
@@ -132,24 +141,36 @@ async def run_inference(
     body = await read_body(request, settings.max_request_bytes)
     header_length = request.headers.get(HEADER_LENGTH)
     compute_dtype = request.app.state.compute_dtype
+    shm = regions(request.app)
 
-    if batcher is not None and len(body) <= settings.batch_max_bytes:
-        decoded = decode_request(loss.spec, body, header_length)
+    if len(body) <= settings.batch_max_bytes:  # small: decoding it here costs microseconds
+        decoded = decode_request(loss.spec, body, header_length, shm)
         nonfinite = decoded.nonfinite or settings.nonfinite
-        vmap = use_vmap(settings.batch_vmap, executor.devices)
-        result: Result = await batcher.submit(
-            batch_key(loss, decoded, nonfinite),
-            _computation(loss, decoded, compute_dtype, nonfinite),
-            functools.partial(_batch, loss, vmap),
-            label=loss.spec.name,
-        )
-        chunks, length = encode_response(
-            loss.spec, decoded, result.loss, result.grads, result.nonfinite
-        )
+        computation = _computation(loss, decoded, compute_dtype, nonfinite)
+        if batcher is not None and _tensor_bytes(decoded) <= settings.batch_max_bytes:
+            vmap = use_vmap(settings.batch_vmap, executor.devices)
+            result: Result = await batcher.submit(
+                batch_key(loss, decoded, nonfinite),
+                computation,
+                functools.partial(_batch, loss, vmap),
+                label=loss.spec.name,
+            )
+            chunks, length = encode_response(
+                loss.spec, decoded, result.loss, result.grads, result.nonfinite
+            )
+        else:  # big tensors in shared memory, or batching off
+
+            def compute_encode(device: torch.device) -> tuple[list[Buffer], int | None]:
+                result = compute(computation, device)
+                return encode_response(
+                    loss.spec, decoded, result.loss, result.grads, result.nonfinite
+                )
+
+            chunks, length = await executor.run(compute_encode, loss=loss.spec.name)
     else:
 
         def work(device: torch.device) -> tuple[list[Buffer], int | None]:
-            decoded = decode_request(loss.spec, body, header_length)
+            decoded = decode_request(loss.spec, body, header_length, shm)
             nonfinite = decoded.nonfinite or settings.nonfinite
             result = compute(_computation(loss, decoded, compute_dtype, nonfinite), device)
             return encode_response(loss.spec, decoded, result.loss, result.grads, result.nonfinite)

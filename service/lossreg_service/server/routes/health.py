@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from lossreg import __version__
 from lossreg.protocol import ServerLiveResponse, ServerMetadataResponse, ServerReadyResponse
 
-from ..deps import RegistryDep
+from ..deps import RegistryDep, SettingsDep
 
 router = APIRouter(prefix="/v2", tags=["health"])
 
@@ -27,6 +27,7 @@ async def ready(registry: RegistryDep) -> ServerReadyResponse:
 
 
 @router.get("", response_model=ServerMetadataResponse)
-async def server_metadata() -> ServerMetadataResponse:
+async def server_metadata(settings: SettingsDep) -> ServerMetadataResponse:
     """Server name, version and protocol extensions (``binary_tensor_data``...)."""
-    return ServerMetadataResponse(name="lossreg", version=__version__, extensions=EXTENSIONS)
+    extensions = EXTENSIONS + (["system_shared_memory"] if settings.allow_client_shm else [])
+    return ServerMetadataResponse(name="lossreg", version=__version__, extensions=extensions)
