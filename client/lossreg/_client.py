@@ -29,6 +29,7 @@ from . import _retry
 from ._arrays import WireArray, to_wire
 from ._config import DEFAULT_RETRIES, DEFAULT_TIMEOUT, Retries, Timeout
 from ._models import ComposeResult, EvaluateResult
+from ._transport import default_transport
 from ._validation import check_grad, check_request, check_term
 from ._wire import (
     BodyReader,
@@ -240,7 +241,9 @@ class Client(BaseClient):
         retries: retries of 503 answers and connection failures (a number or a `Retries`).
         validate: check tensors against the loss's cached spec before sending.
         headers: extra headers for every request.
-        transport: an httpx transport (``httpx.MockTransport`` in tests).
+        transport: an httpx transport (``httpx.MockTransport`` in tests); by default
+            `HTTPTransport` for ``http://`` URLs (``HTTPTransport(uds=path)`` for a Unix socket),
+            httpx's own for ``https://``.
     """
 
     def __init__(
@@ -262,6 +265,8 @@ class Client(BaseClient):
             validate=validate,
             headers=headers,
         )
+        if transport is None:
+            transport = default_transport(self.url)  # http://: the standard library's sockets
         self._http = httpx.Client(timeout=self.timeout.as_httpx(), transport=transport)
 
     def _send(

@@ -1,0 +1,240 @@
+"""`HTTPTransport`: the sync client's default transport, plain HTTP/1.1 on ``http.client``.
+
+httpx's default transport runs every byte through h11 in pure Python: a body is joined into
+one bytes object before it is sent, and an answer arrives in 64 KiB reads, each copied into
+h11's buffer and out again. For a 16 MB tensor that is most of the time a request takes. This
+transport keeps httpx's API (`Client` still builds and reads ``httpx`` requests and responses)
+and moves the bytes with the standard library instead:
+
+- the request's chunks (memoryviews of the caller's arrays) go to ``socket.sendall`` as they
+  are; a small body is sent in the same write as the headers;
+- an answer with a ``Content-Length`` is read with ``readinto`` straight into one buffer;
+- keep-alive connections are pooled per origin (thread-safe), and a pooled connection the
+  server closed in the meantime is retried once on a fresh one.
+
+It serves ``http://`` URLs (TCP, or a Unix socket with ``uds=``); https goes through httpx's
+own transport. Errors are raised as the httpx exceptions the client already maps.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from ._wire import Chunks
+
+__all__ = ["HTTPTransport", "default_transport"]
+
+_SMALL = 64 * 1024  # bodies up to this size go out in the same write as the headers
+_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    """An HTTP connection over a Unix domain socket."""
+
+    def __init__(self, path: str, timeout: float | None) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class _ResponseStream(httpx.SyncByteStream):
+    """The answer's body: one buffer read in place when its length is known, else pieces."""
+
+    def __init__(self, transport: HTTPTransport, key: Any, conn: Any, response: Any) -> None:
+        self._transport = transport
+        self._key = key
+        self._conn = conn
+        self._response = response
+        self._done = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        response = self._response
+        try:
+            if response.length is not None:
+                remaining = response.length
+                if remaining:
+                    body = bytearray(remaining)
+                    view = memoryview(body)
+                    while remaining:
+                        got = response.readinto(view[len(body) - remaining :])
+                        if not got:
+                            raise httpx.RemoteProtocolError(
+                                f"the server closed the connection {remaining} bytes before "
+                                "the end of the answer"
+                            )
+                        remaining -= got
+                    yield body  # type: ignore[misc]  # a bytes-like object
+            else:
+                while chunk := response.read(1 << 20):
+                    yield chunk
+            self._done = True
+        except TimeoutError as exc:
+            raise httpx.ReadTimeout(str(exc) or "timed out reading the answer") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise httpx.ReadError(f"{type(exc).__name__}: {exc}") from exc
+
+    def close(self) -> None:
+        reusable = self._done and not self._response.will_close
+        self._response.close()
+        if reusable:
+            self._transport._release(self._key, self._conn)
+        else:
+            self._conn.close()
+
+
+class HTTPTransport(httpx.BaseTransport):
+    """Plain HTTP/1.1 with keep-alive, on the standard library (see the module docstring).
+
+    Args:
+        uds: connect to this Unix domain socket instead of the URL's host and port.
+        max_idle: idle keep-alive connections kept per origin.
+    """
+
+    def __init__(self, *, uds: str | None = None, max_idle: int = 16) -> None:
+        self._uds = uds
+        self._max_idle = max_idle
+        self._idle: dict[Any, list[http.client.HTTPConnection]] = {}
+        self._lock = threading.Lock()
+
+    # -- the pool ------------------------------------------------------------------------------
+
+    def _connect(self, url: httpx.URL, timeout: dict[str, Any]) -> http.client.HTTPConnection:
+        connect = timeout.get("connect")
+        if self._uds:
+            conn: http.client.HTTPConnection = _UnixConnection(self._uds, connect)
+        else:
+            conn = http.client.HTTPConnection(url.host, url.port or 80, timeout=connect)
+        try:
+            conn.connect()
+        except TimeoutError as exc:
+            raise httpx.ConnectTimeout(f"timed out connecting to {url.host}") from exc
+        except OSError as exc:
+            raise httpx.ConnectError(f"{type(exc).__name__}: {exc}") from exc
+        return conn
+
+    def _acquire(self, key: Any) -> http.client.HTTPConnection | None:
+        with self._lock:
+            idle = self._idle.get(key)
+            return idle.pop() if idle else None
+
+    def _release(self, key: Any, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            if len(idle) < self._max_idle:
+                idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            pools, self._idle = self._idle, {}
+        for idle in pools.values():
+            for conn in idle:
+                conn.close()
+
+    # -- one exchange --------------------------------------------------------------------------
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.scheme != "http":
+            raise httpx.UnsupportedProtocol(f"HTTPTransport serves http:// URLs, not {request.url}")
+        timeout: dict[str, Any] = request.extensions.get("timeout", {})
+        key = (request.url.host, request.url.port)
+        conn = self._acquire(key)
+        if conn is not None:
+            try:
+                return self._exchange(conn, key, request, timeout, reused=True)
+            except _Stale:
+                if not isinstance(request.stream, (httpx.ByteStream, Chunks)):
+                    raise httpx.RemoteProtocolError(
+                        "the server closed a kept-alive connection before answering"
+                    ) from None
+        conn = self._connect(request.url, timeout)
+        return self._exchange(conn, key, request, timeout, reused=False)
+
+    def _exchange(
+        self,
+        conn: http.client.HTTPConnection,
+        key: Any,
+        request: httpx.Request,
+        timeout: dict[str, Any],
+        *,
+        reused: bool,
+    ) -> httpx.Response:
+        try:
+            if conn.sock is not None:
+                conn.sock.settimeout(timeout.get("write"))
+            self._send(conn, request)
+            if conn.sock is not None:
+                conn.sock.settimeout(timeout.get("read"))
+            response = conn.getresponse()
+        except _STALE as exc:
+            conn.close()
+            if reused:
+                raise _Stale from exc
+            raise httpx.RemoteProtocolError(f"{type(exc).__name__}: {exc}") from exc
+        except TimeoutError as exc:
+            conn.close()
+            raise httpx.ReadTimeout(str(exc) or "timed out waiting for the answer") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise httpx.ReadError(f"{type(exc).__name__}: {exc}") from exc
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.getheaders()]
+        return httpx.Response(
+            response.status,
+            headers=headers,
+            stream=_ResponseStream(self, key, conn, response),
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": response.reason.encode()},
+        )
+
+    @staticmethod
+    def _send(conn: http.client.HTTPConnection, request: httpx.Request) -> None:
+        target = request.url.raw_path.decode("ascii")
+        conn.putrequest(request.method, target, skip_host=True, skip_accept_encoding=True)
+        chunked = False
+        has_host = False
+        for name, value in request.headers.raw:
+            lower = name.lower()
+            has_host |= lower == b"host"
+            chunked |= lower == b"transfer-encoding" and value.lower() == b"chunked"
+            conn.putheader(name.decode("latin-1"), value.decode("latin-1"))
+        if not has_host:
+            conn.putheader("Host", request.url.netloc.decode("ascii"))
+        chunks = list(request.stream)  # type: ignore[arg-type]  # a sync request body
+        size = sum(len(memoryview(c).cast("B")) for c in chunks)
+        if chunked:
+            framed: list[Any] = []
+            for chunk in chunks:
+                if len(chunk):
+                    framed += [f"{len(chunk):x}\r\n".encode(), chunk, b"\r\n"]
+            chunks = [*framed, b"0\r\n\r\n"]
+            size = -1
+        if 0 <= size <= _SMALL:
+            conn.endheaders(b"".join(chunks) if chunks else None)
+            return
+        conn.endheaders()
+        for chunk in chunks:
+            conn.send(chunk)
+
+
+class _Stale(Exception):
+    """A pooled connection turned out closed before it answered: retry on a fresh one."""
+
+
+def default_transport(url: httpx.URL) -> httpx.BaseTransport | None:
+    """`HTTPTransport` for an ``http://`` server; None (httpx's own) for anything else."""
+    return HTTPTransport() if url.scheme == "http" else None
