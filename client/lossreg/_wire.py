@@ -281,11 +281,24 @@ class BodyReader:
         if self._body is None:
             self._parts.append(chunk)
             return
+        if self._pos == 0 and self._adopt(chunk):
+            return
         end = self._pos + len(chunk)
         if end > len(self._body):
             raise TransportError(f"the answer is longer than its Content-Length {self._size}")
         self._body[self._pos : end] = np.frombuffer(chunk, dtype=np.uint8)
         self._pos = end
+
+    def _adopt(self, chunk: Any) -> bool:
+        """Take a chunk that is the whole answer, writable and aligned, as the buffer itself
+        (the transport reads answers that way): no copy."""
+        if not isinstance(chunk, memoryview) or chunk.readonly or chunk.nbytes != self._size:
+            return False
+        body = np.frombuffer(chunk, dtype=np.uint8)
+        if (body.ctypes.data + (self._header_length or 0)) % _ALIGN:
+            return False
+        self._body, self._pos = body, len(body)
+        return True
 
     def finish(self) -> np.ndarray:
         if self._body is None:
