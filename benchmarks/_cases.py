@@ -268,13 +268,39 @@ def make_litserve(case: Case, url: str) -> Call:
     return call
 
 
-def make_empty(url: str, nbytes: int = 0) -> Callable[[], None]:
-    """A POST to an endpoint that does nothing: what any request costs at least."""
-    http = httpx.Client(timeout=60)
-    body = b"\0" * nbytes
+def make_empty(url: str) -> Callable[[], None]:
+    """A POST to an endpoint that does nothing, through the HTTP stack lossreg's client uses:
+    what any request costs at least."""
+    from lossreg._transport import default_transport
+
+    http = httpx.Client(timeout=60, transport=default_transport(httpx.URL(url)))
 
     def call() -> None:
-        http.post(url + "/empty", content=body).raise_for_status()
+        http.post(url + "/empty", content=b"").raise_for_status()
+
+    return call
+
+
+def make_tcp_floor(case: Case, url: str) -> Call:
+    """Raw TCP: the case's request bytes there and its answer's bytes back, nothing else."""
+    import socket
+    import struct
+
+    from .apps.echo import recv_exactly
+
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    body, _ = kserve_body(case)
+    like = case.inputs[case.grad_name]
+    answer = bytearray(like.nbytes + 256)  # the gradient and a JSON header
+    view = memoryview(answer)
+
+    def call() -> np.ndarray:
+        sock.sendall(struct.pack("<QQ", len(body), len(answer)))
+        sock.sendall(body)
+        recv_exactly(sock, view)
+        return np.frombuffer(answer, like.dtype, like.size).reshape(like.shape)
 
     return call
 

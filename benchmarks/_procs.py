@@ -74,8 +74,17 @@ def reset_peak(pid: int) -> bool:
         return False
 
 
-def _wait_ready(server: Server, path: str, timeout: float) -> None:
+def _wait_ready(server: Server, path: str | None, timeout: float) -> None:
     deadline = time.monotonic() + timeout
+    if path is None:  # not HTTP: wait until it accepts connections
+        port = int(server.url.rsplit(":", 1)[1])
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise TimeoutError(f"{server.name} was not ready within {timeout} s")
     transport = httpx.HTTPTransport(uds=server.uds) if server.uds else None
     with httpx.Client(transport=transport, timeout=2) as client:
         while time.monotonic() < deadline:
@@ -96,7 +105,7 @@ def launch(
     argv: list[str],
     *,
     port: int,
-    ready_path: str,
+    ready_path: str | None,
     env: Mapping[str, str] | None = None,
     uds: str | None = None,
     timeout: float = 90.0,
@@ -121,10 +130,11 @@ def launch(
 
 
 def uvicorn_argv(
-    app: str, port: int, *, factory: bool = False, uds: str | None = None
+    app: str, port: int, *, factory: bool = False, uds: str | None = None, workers: int = 1
 ) -> list[str]:
     argv = [sys.executable, "-m", "uvicorn", app, "--log-level", "warning", "--no-access-log"]
     argv += ["--factory"] if factory else []
+    argv += ["--workers", str(workers)] if workers > 1 else []
     argv += ["--uds", uds] if uds else ["--host", "127.0.0.1", "--port", str(port)]
     return argv
 
@@ -132,17 +142,21 @@ def uvicorn_argv(
 def lossreg_server(
     settings: Mapping[str, str] | None = None, *, uds: str | None = None
 ) -> contextlib.AbstractContextManager[Server]:
-    """lossreg as ``lossreg serve`` runs it, configured by ``LOSSREG_*`` variables."""
+    """lossreg as ``lossreg serve`` runs it, configured by ``LOSSREG_*`` variables (worker
+    processes from ``LOSSREG_WORKERS``)."""
     port = free_port()
     env = {"LOSSREG_LOG_LEVEL": "warning", "LOSSREG_DEVICE": "cpu", **(settings or {})}
-    argv = uvicorn_argv("lossreg_service.server:create_app", port, factory=True, uds=uds)
+    workers = int(env.get("LOSSREG_WORKERS", "1"))
+    argv = uvicorn_argv(
+        "lossreg_service.server:create_app", port, factory=True, uds=uds, workers=workers
+    )
     return launch("lossreg", argv, port=port, ready_path="/v2/health/ready", env=env, uds=uds)
 
 
-def baseline_server() -> contextlib.AbstractContextManager[Server]:
+def baseline_server(workers: int = 1) -> contextlib.AbstractContextManager[Server]:
     """The hand-written FastAPI app (pydantic nested lists, and the empty endpoint)."""
     port = free_port()
-    argv = uvicorn_argv("benchmarks.apps.baseline:app", port)
+    argv = uvicorn_argv("benchmarks.apps.baseline:app", port, workers=workers)
     return launch("baseline", argv, port=port, ready_path="/docs")
 
 
@@ -151,3 +165,10 @@ def litserve_server() -> contextlib.AbstractContextManager[Server]:
     port = free_port()
     argv = [sys.executable, "-m", "benchmarks.apps.litserve_app", str(port)]
     return launch("litserve", argv, port=port, ready_path="/health", timeout=120)
+
+
+def echo_server() -> contextlib.AbstractContextManager[Server]:
+    """The raw-TCP transport floor (no HTTP, no compute)."""
+    port = free_port()
+    argv = [sys.executable, "-m", "benchmarks.apps.echo", str(port)]
+    return launch("tcp echo", argv, port=port, ready_path=None)

@@ -14,7 +14,9 @@ __all__ = ["print_tables", "save_json", "save_plot"]
 
 LABELS = {
     "inprocess": "in-process",
+    "tcp_floor": "raw TCP floor",
     "client": "lossreg client",
+    "uds": "client, unix socket",
     "shm": "lossreg shm",
     "tritonclient": "tritonclient",
     "json_api": "lossreg JSON",

@@ -41,9 +41,14 @@ from ._load import have_wrk, run_load
 
 HERE = Path(__file__).resolve().parent
 MB = 1024 * 1024
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 BATCHING = {"LOSSREG_BATCH_MAX_SIZE": "64", "LOSSREG_BATCH_MAX_DELAY_US": "0"}
 NO_BATCHING = {"LOSSREG_BATCH_MAX_SIZE": "1"}
-SERVER = {"LOSSREG_SHM_ENABLED": "true", **BATCHING}
+SERVER = {"LOSSREG_ALLOW_CLIENT_SHM": "true", **BATCHING}
+# Sequential requests: one computation at a time, so it may use every core, as in-process does.
+LATENCY_SERVER = {**SERVER, "LOSSREG_INTRA_OP_THREADS": str(CORES)}
+# Many connections: a worker process per core (each with its own batcher), a thread per op.
+THROUGHPUT_SERVER = {**SERVER, "LOSSREG_WORKERS": str(CORES)}
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -86,9 +91,12 @@ def _baseline_runs(case: _cases.Case) -> tuple[int, float]:
 
 
 def _methods(
-    case: _cases.Case, lossreg: _procs.Server, baseline: _procs.Server, lit: _procs.Server | None
+    case: _cases.Case, servers: dict[str, _procs.Server]
 ) -> Iterator[tuple[str, Callable[[], _cases.Call]]]:
+    lossreg, baseline, lit = servers["lossreg"], servers["baseline"], servers.get("litserve")
+    yield "tcp_floor", lambda: _cases.make_tcp_floor(case, servers["echo"].url)
     yield "client", lambda: _cases.make_client(case, lossreg.url)
+    yield "uds", lambda: _cases.make_client(case, "http://localhost", transport=_uds(servers))
     if _has_extension(lossreg.url, "system_shared_memory"):
         yield "shm", lambda: _cases.make_shm(case, lossreg.url)
     yield "tritonclient", lambda: _cases.make_tritonclient(case, lossreg.url)
@@ -104,18 +112,31 @@ def _has_extension(url: str, extension: str) -> bool:
     return extension in httpx.get(url + "/v2").json().get("extensions", [])
 
 
+def _uds(servers: dict[str, _procs.Server]) -> Any:
+    from lossreg._transport import HTTPTransport
+
+    return HTTPTransport(uds=servers["lossreg uds"].uds)
+
+
 def run_latency(args: argparse.Namespace, results: dict[str, Any], progress: Progress) -> None:
     cases = _cases.cases(args.cases.split(","))
     have_litserve = importlib.util.find_spec("litserve") is not None
     if not have_litserve:
         results["notes"].append("LitServe not installed (pip install -e '.[bench]'): skipped")
-    task = progress.add_task("latency", total=len(cases) * (6 + have_litserve) + 1)
+    task = progress.add_task("latency", total=len(cases) * (8 + have_litserve) + 1)
     latency: dict[str, Any] = {}
+    uds = Path(tempfile.mkdtemp(prefix="lossreg-bench-")) / "lossreg.sock"
     with (
-        _procs.lossreg_server(SERVER) as lossreg,
+        _procs.lossreg_server(LATENCY_SERVER) as lossreg,
+        _procs.lossreg_server(LATENCY_SERVER, uds=str(uds)) as lossreg_uds,
         _procs.baseline_server() as baseline,
+        _procs.echo_server() as echo,
         _procs.litserve_server() if have_litserve else _null() as lit,
     ):
+        servers = {"lossreg": lossreg, "lossreg uds": lossreg_uds, "baseline": baseline,
+                   "echo": echo}  # fmt: skip
+        if lit is not None:
+            servers["litserve"] = lit
         floor = _cases.time_calls(_cases.make_empty(baseline.url), runs=300, budget_s=5)
         results["floor_ms"] = floor.median_ms
         progress.advance(task)
@@ -130,14 +151,15 @@ def run_latency(args: argparse.Namespace, results: dict[str, Any], progress: Pro
                 _cases.time_calls(reference_call, runs=runs * 2, budget_s=budget)
             )
             progress.advance(task)
-            for method, make in _methods(case, lossreg, baseline, lit):
+            for method, make in _methods(case, servers):
                 progress.update(task, description=f"latency {case.label}: {method}")
                 skipped = _skip(method, case, args.quick)
                 if skipped:
                     row["methods"][method] = {"skipped": skipped}
                 else:
                     call = make()
-                    np.testing.assert_allclose(call(), reference, rtol=1e-4, atol=1e-6)
+                    if method != "tcp_floor":  # moves bytes only
+                        np.testing.assert_allclose(call(), reference, rtol=1e-4, atol=1e-6)
                     n, b = _baseline_runs(case) if method == "baseline" else (runs, budget)
                     timing = _cases.time_calls(call, runs=n, budget_s=b, warmup=1)
                     row["methods"][method] = _entry(timing)
@@ -172,11 +194,13 @@ def run_concurrency(args: argparse.Namespace, results: dict[str, Any], progress:
     task = progress.add_task("concurrency", total=3 * len(connections))
     if not have_wrk() and args.load_tool != "python":
         results["notes"].append("wrk not found (apt-get install wrk): Python load generator used")
+    no_batching = {**THROUGHPUT_SERVER, **NO_BATCHING}
     plan: list[tuple[str, Any, str, bytes, int | None]] = [
-        ("empty endpoint", _procs.baseline_server, "/empty", b"", None),
-        ("lossreg, batching", lambda: _procs.lossreg_server(SERVER), infer, body, length),
-        ("lossreg, no batching", lambda: _procs.lossreg_server(NO_BATCHING), infer, body, length),
-    ]
+        ("empty endpoint", lambda: _procs.baseline_server(CORES), "/empty", b"", None),
+        ("lossreg, batching", lambda: _procs.lossreg_server(THROUGHPUT_SERVER), infer, body,
+         length),
+        ("lossreg, no batching", lambda: _procs.lossreg_server(no_batching), infer, body, length),
+    ]  # fmt: skip
     for label, start, path, payload, header_length in plan:
         with start() as server:
             for n in connections:
@@ -221,7 +245,7 @@ def run_memory(args: argparse.Namespace, results: dict[str, Any], progress: Prog
     in_flight = 4
     task = progress.add_task("memory", total=4)
     memory: dict[str, Any] = {}
-    with _procs.lossreg_server(SERVER) as server:
+    with _procs.lossreg_server(SERVER) as server:  # one worker: its memory is the server's
         host, port = server.url.removeprefix("http://").split(":")
         conn = http.client.HTTPConnection(host, int(port), timeout=120)
         _post(conn, path, small_body, small_length)
@@ -282,6 +306,8 @@ def _meta(args: argparse.Namespace) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "machine": platform.machine(),
         "load_tool": "wrk" if have_wrk() and args.load_tool != "python" else "python",
+        "latency_server": LATENCY_SERVER,
+        "throughput_server": THROUGHPUT_SERVER,
     }
 
 
