@@ -174,8 +174,11 @@ def test_server_errors_keep_their_class_and_details(client: Client) -> None:
     with pytest.raises(errors.LossNotFound) as info:
         client.evaluate("cross_entropyy", torch.randn(2, 3), torch.tensor([0, 1]))
     assert "cross_entropy" in info.value.suggestions
-    with pytest.raises(errors.LossRejectedInput):
+    with pytest.raises(errors.InvalidInput) as rejected:
         client.evaluate("cross_entropy", torch.randn(2, 3), torch.tensor([0, 7]))
+    assert rejected.value.field == "target" and "class index 7" in rejected.value.message
+    with pytest.raises(errors.LossRejectedInput):  # what torch itself refuses
+        client.evaluate("binary_cross_entropy", torch.tensor([0.5, 1.5]), torch.tensor([0.0, 1.0]))
 
 
 def test_api_keys() -> None:
