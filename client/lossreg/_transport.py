@@ -78,7 +78,26 @@ class _Buffers:
         return sys.getrefcount(raw) <= 4 and size + _ALIGN <= raw.size <= 2 * size + _ALIGN
 
 
-class _UnixConnection(http.client.HTTPConnection):
+class _Connection(http.client.HTTPConnection):
+    """``http.client``'s connection, sending a small body in the same write as the headers
+    (``http.client`` writes them separately: two packets and, on the server, two reads)."""
+
+    _held: bytes | None = None
+
+    def send_with_body(self, body: bytes) -> None:
+        self._held = b""
+        self.endheaders()  # calls send(headers), which holds them
+        head, self._held = self._held, None
+        super().send(head + body)
+
+    def send(self, data: Any) -> None:
+        if self._held == b"":
+            self._held = bytes(data)
+            return
+        super().send(data)
+
+
+class _UnixConnection(_Connection):
     """An HTTP connection over a Unix domain socket."""
 
     def __init__(self, path: str, timeout: float | None) -> None:
@@ -155,18 +174,18 @@ class HTTPTransport(httpx.BaseTransport):
     def __init__(self, *, uds: str | None = None, max_idle: int = 16) -> None:
         self._uds = uds
         self._max_idle = max_idle
-        self._idle: dict[Any, list[http.client.HTTPConnection]] = {}
+        self._idle: dict[Any, list[_Connection]] = {}
         self._lock = threading.Lock()
         self._buffers = _Buffers()
 
     # -- the pool ------------------------------------------------------------------------------
 
-    def _connect(self, url: httpx.URL, timeout: dict[str, Any]) -> http.client.HTTPConnection:
+    def _connect(self, url: httpx.URL, timeout: dict[str, Any]) -> _Connection:
         connect = timeout.get("connect")
         if self._uds:
-            conn: http.client.HTTPConnection = _UnixConnection(self._uds, connect)
+            conn: _Connection = _UnixConnection(self._uds, connect)
         else:
-            conn = http.client.HTTPConnection(url.host, url.port or 80, timeout=connect)
+            conn = _Connection(url.host, url.port or 80, timeout=connect)
         try:
             conn.connect()
         except TimeoutError as exc:
@@ -175,12 +194,12 @@ class HTTPTransport(httpx.BaseTransport):
             raise httpx.ConnectError(f"{type(exc).__name__}: {exc}") from exc
         return conn
 
-    def _acquire(self, key: Any) -> http.client.HTTPConnection | None:
+    def _acquire(self, key: Any) -> _Connection | None:
         with self._lock:
             idle = self._idle.get(key)
             return idle.pop() if idle else None
 
-    def _release(self, key: Any, conn: http.client.HTTPConnection) -> None:
+    def _release(self, key: Any, conn: _Connection) -> None:
         with self._lock:
             idle = self._idle.setdefault(key, [])
             if len(idle) < self._max_idle:
@@ -216,7 +235,7 @@ class HTTPTransport(httpx.BaseTransport):
 
     def _exchange(
         self,
-        conn: http.client.HTTPConnection,
+        conn: _Connection,
         key: Any,
         request: httpx.Request,
         timeout: dict[str, Any],
@@ -250,7 +269,7 @@ class HTTPTransport(httpx.BaseTransport):
         )
 
     @staticmethod
-    def _send(conn: http.client.HTTPConnection, request: httpx.Request) -> None:
+    def _send(conn: _Connection, request: httpx.Request) -> None:
         target = request.url.raw_path.decode("ascii")
         conn.putrequest(request.method, target, skip_host=True, skip_accept_encoding=True)
         chunked = False
@@ -272,7 +291,7 @@ class HTTPTransport(httpx.BaseTransport):
             chunks = [*framed, b"0\r\n\r\n"]
             size = -1
         if 0 <= size <= _SMALL:
-            conn.endheaders(b"".join(chunks) if chunks else None)
+            conn.send_with_body(b"".join(chunks))
             return
         conn.endheaders()
         for chunk in chunks:
