@@ -117,19 +117,20 @@ def time_calls(call: Call, *, runs: int, budget_s: float, warmup: int = 2) -> Ti
 # -- the ways of computing it -----------------------------------------------------------------
 
 
-def make_inprocess(case: Case) -> Call:
-    """The limit: the same loss through lossreg's engine, in this process, no HTTP."""
+def make_inprocess(case: Case, device: str = "cpu") -> Call:
+    """The limit: the same loss through lossreg's engine, in this process, no HTTP (on a GPU:
+    tensors already on it, the gradient brought back to the host, as a client gets it)."""
     import torch
 
     from lossreg_service.engine import evaluate
     from lossreg_service.registry import LossRegistry
 
     loss = LossRegistry.from_entry_points().get(case.loss)
-    tensors = {n: torch.from_numpy(a) for n, a in case.inputs.items()}
+    tensors = {n: torch.from_numpy(a).to(device) for n, a in case.inputs.items()}
 
     def call() -> np.ndarray:
-        result = evaluate(loss, tensors, case.params, grad=[case.grad_name])
-        return result.grads[case.grad_name].numpy()
+        result = evaluate(loss, tensors, case.params, grad=[case.grad_name], device=device)
+        return result.grads[case.grad_name].cpu().numpy()
 
     return call
 

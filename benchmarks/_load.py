@@ -103,7 +103,8 @@ def _wrk(
             "LOSSREG_BENCH_HEADER_LENGTH": "" if header_length is None else str(header_length),
         }
         threads = min(connections, 2)
-        argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency"]
+        duration = max(1, round(seconds))  # wrk takes whole seconds
+        argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency"]
         out = subprocess.run(
             [*argv, "-s", str(script), url], env=env, capture_output=True, text=True, check=True
         ).stdout

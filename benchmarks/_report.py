@@ -71,6 +71,18 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
                 _fmt(row["p99_ms"]), str(row["errors"]), row["tool"],
             )  # fmt: skip
         console.print(table)
+    gpu = results.get("gpu", [])
+    if gpu:
+        table = Table(title="GPU: CE 32x10, 256 concurrent connections")
+        for col in ("server", "req/s", "p50 ms", "p99 ms", "errors"):
+            table.add_column(col, justify="right" if col != "server" else "left")
+        for row in gpu:
+            table.add_row(row["server"], f"{row['rps']:.0f}", _fmt(row["p50_ms"]),
+                          _fmt(row["p99_ms"]), str(row["errors"]))  # fmt: skip
+        console.print(table)
+        for label, row in results.get("gpu_latency", {}).items():
+            console.print(f"GPU {label}: in-process {_fmt(row['inprocess_ms'])} ms, "
+                          f"client {_fmt(row['client_ms'])} ms")  # fmt: skip
     memory = results.get("memory")
     if memory:
         table = Table(title="Server memory (RSS)")

@@ -50,6 +50,14 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
             targets.append(
                 _target("CE 32x10 req/s, 16 connections", f"{row['rps']:.0f}", ">= 5000", met)
             )
+    gpu = {row["server"]: row for row in results.get("gpu", [])}
+    batched, alone = gpu.get("lossreg cuda, batching (vmap)"), gpu.get("lossreg cuda, no batching")
+    if batched and alone and alone["rps"]:
+        gain = batched["rps"] / alone["rps"]
+        targets.append(
+            _target("GPU: 256 concurrent CE 32x10, batched / unbatched req/s", f"{gain:.1f}x",
+                    ">= 10x", gain >= 10)
+        )  # fmt: skip
     memory = results.get("memory")
     if memory:
         per = memory["peak per in-flight request / payload"]

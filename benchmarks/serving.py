@@ -14,6 +14,8 @@ Sections (``--sections``, default all):
   raw-socket generator), with dynamic batching on and off, and the empty endpoint.
 - ``memory``: the server's peak RSS per in-flight 16 MB request, and RSS after 100 vs 10,000
   requests.
+- ``gpu`` (only with a CUDA device): 256 concurrent CE 32x10 connections against a server on
+  the GPU with and without dynamic batching (vmapped on CUDA), and sequential latency there.
 
 Writes the tables to stdout, all numbers to ``--json`` and latency vs size to ``--plot``.
 """
@@ -55,7 +57,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.serving", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="< 2 minutes: fewer runs, caps")
     parser.add_argument(
-        "--sections", default="latency,concurrency,memory", help="comma list of sections"
+        "--sections", default="latency,concurrency,memory,gpu", help="comma list of sections"
     )
     parser.add_argument("--cases", default="ce32,ce256,ce1k,ce4k,seg", help="payloads to run")
     parser.add_argument("--json", type=Path, default=HERE / "results" / "serving.json")
@@ -205,7 +207,7 @@ def run_concurrency(args: argparse.Namespace, results: dict[str, Any], progress:
         with start() as server:
             for n in connections:
                 progress.update(task, description=f"concurrency {label} x{n}")
-                run_load(server.url + path, payload, connections=n, seconds=0.5,
+                run_load(server.url + path, payload, connections=n, seconds=1,
                          header_length=header_length, tool=args.load_tool)  # fmt: skip
                 load = run_load(
                     server.url + path,
@@ -291,6 +293,45 @@ def run_memory(args: argparse.Namespace, results: dict[str, Any], progress: Prog
     results["memory"] = memory
 
 
+# -- gpu ----------------------------------------------------------------------------------------
+
+
+def run_gpu(args: argparse.Namespace, results: dict[str, Any], progress: Progress) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        results["notes"].append("no CUDA device: the GPU section did not run")
+        return
+    seconds = 3.0 if args.quick else 8.0
+    case = _cases.CASES["ce32"]()
+    body, length = _cases.kserve_body(case)
+    infer = "/v2/models/cross_entropy/infer"
+    gpu = {**SERVER, "LOSSREG_DEVICE": "cuda", "LOSSREG_COMPUTE_THREADS": "2"}
+    rows: list[dict[str, Any]] = []
+    task = progress.add_task("gpu", total=4)
+    for label, env in (("batching (vmap)", gpu), ("no batching", {**gpu, **NO_BATCHING})):
+        with _procs.lossreg_server(env) as server:
+            run_load(server.url + infer, body, connections=256, seconds=1,
+                     header_length=length, tool=args.load_tool)  # fmt: skip
+            load = run_load(server.url + infer, body, connections=256, seconds=seconds,
+                            header_length=length, tool=args.load_tool)  # fmt: skip
+            rows.append({"server": f"lossreg cuda, {label}", **vars(load), "rps": load.rps})
+            progress.advance(task)
+            if label.startswith("batching"):
+                for name in ("ce32", "ce4k"):
+                    big = _cases.CASES[name]()
+                    inproc = _cases.time_calls(_cases.make_inprocess(big, "cuda"), runs=50,
+                                               budget_s=5)  # fmt: skip
+                    client = _cases.time_calls(_cases.make_client(big, server.url), runs=50,
+                                               budget_s=10)  # fmt: skip
+                    results.setdefault("gpu_latency", {})[big.label] = {
+                        "inprocess_ms": inproc.median_ms,
+                        "client_ms": client.median_ms,
+                    }
+                    progress.advance(task)
+    results["gpu"] = rows
+
+
 # -- main ---------------------------------------------------------------------------------------
 
 
@@ -304,6 +345,7 @@ def _meta(args: argparse.Namespace) -> dict[str, Any]:
         "torch": torch.__version__,
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "machine": platform.machine(),
         "load_tool": "wrk" if have_wrk() and args.load_tool != "python" else "python",
         "latency_server": LATENCY_SERVER,
@@ -316,7 +358,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     console = Console(width=max(Console().width, 150))
     results: dict[str, Any] = {"meta": _meta(args), "notes": []}
     sections = {s.strip() for s in args.sections.split(",") if s.strip()}
-    runners = {"latency": run_latency, "concurrency": run_concurrency, "memory": run_memory}
+    runners = {"latency": run_latency, "concurrency": run_concurrency, "memory": run_memory,
+               "gpu": run_gpu}  # fmt: skip
     columns = (
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
     )  # fmt: skip

@@ -37,11 +37,12 @@ def _requests(n: int) -> list[tuple[str, dict[str, torch.Tensor], dict[str, floa
     return out
 
 
-def _counts(url: str) -> tuple[float, float]:
+def _counts(url: str, device: str = "cpu") -> tuple[float, float]:
     """(computations run, requests answered) for cross_entropy, from /metrics."""
     text = httpx.get(url + "/metrics").text
     computations = re.search(
-        r'^lossreg_compute_duration_seconds_count\{device="cpu",loss="cross_entropy"\} (\S+)',
+        rf'^lossreg_compute_duration_seconds_count\{{device="{device}[:0-9]*",'
+        r'loss="cross_entropy"\} (\S+)',
         text,
         re.M,
     )
@@ -113,3 +114,17 @@ def test_a_bad_request_in_a_batch_fails_alone(batching_url: str) -> None:
         outcomes = list(pool.map(send, [bad if i == 5 else good for i in range(8)]))
     assert [isinstance(o, Exception) for o in outcomes] == [i == 5 for i in range(8)]
     assert getattr(outcomes[5], "status_code", None) == 422
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_batches_are_vmapped_on_the_gpu_and_agree_with_unbatched() -> None:
+    settings = Settings(device="cuda", log_level="warning", batch_max_delay_us=20_000)
+    with serve(settings) as url:
+        for name, tensors, params, answer in _burst(url, 64):
+            on_gpu = {k: v.cuda() for k, v in tensors.items()}
+            alone = evaluate(REGISTRY.get(name), on_gpu, params, grad=["input"], device="cuda")
+            torch.testing.assert_close(answer.grads["input"], alone.grads["input"].cpu())
+            torch.testing.assert_close(answer.loss, alone.loss.cpu())
+        computations, requests = _counts(url, "cuda")
+        assert computations < requests / 2

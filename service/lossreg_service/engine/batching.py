@@ -6,11 +6,12 @@ them so) and returns each request's `Evaluation`, or the error it alone caused.
 
 - ``vmap=True``: the inputs are stacked and ``torch.func.vmap`` runs the loss's value and
   vector-Jacobian product over the stack at once. On a GPU that is one set of kernel launches
-  for the whole batch instead of one per request. Gradients and values agree with unbatched
-  evaluation, except that a reduction (a mean over a request's rows) may add in another order
-  and differ in the last bit. A loss that vmap cannot run (data-dependent control flow,
-  ``.item()``, an ``autograd.Function`` without a vmap rule) falls back to one by one, and is
-  remembered, so later batches do not try again.
+  for the whole batch instead of one per request, and the results come back to the host in
+  one copy per output (so a vmapped batch's results are CPU tensors). Gradients and values
+  agree with unbatched evaluation, except that a reduction (a mean over a request's rows) may
+  add in another order and differ in the last bit. A loss that vmap cannot run
+  (data-dependent control flow, ``.item()``, an ``autograd.Function`` without a vmap rule)
+  falls back to one by one, and is remembered, so later batches do not try again.
 - ``vmap=False``: the requests are evaluated one after the other in the same worker call,
   exactly as unbatched (bit for bit); batching then saves the per-request hand-offs.
 """
@@ -166,6 +167,8 @@ def _vmapped(
         args.append(torch.stack([u for u in upstreams if u is not None]).to(device))
     with torch.enable_grad():
         outs, grads = torch.func.vmap(one)(*args)
+    if device.type != "cpu":  # one copy per output for the whole batch, not one per request
+        outs, grads = outs.detach().cpu(), tuple(g.detach().cpu() for g in grads)
     for k, i in enumerate(live):
         inputs = items[i][0]
         item_grads = {n: grads[j][k].to(inputs[n].dtype) for j, n in enumerate(names)}
