@@ -1,6 +1,6 @@
 """The serving benchmark: lossreg against the in-process limit and the alternatives, in one run.
 
-    python -m benchmarks.serving            # full run (~6-10 minutes on 2 cores)
+    python -m benchmarks.serving            # full run (~5 minutes on 2 cores)
     python -m benchmarks.serving --quick    # < 2 minutes: fewer runs, big JSON payloads capped
 
 Sections (``--sections``, default all):
@@ -72,10 +72,10 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _runs(case: _cases.Case, quick: bool) -> tuple[int, float]:
-    """How many sequential runs, and the time budget, for one (method, case)."""
+    """How many rounds of sequential runs, and the time budget, for one case."""
     if case.nbytes < MB:
-        return (100, 3.0) if quick else (300, 8.0)
-    return (8, 3.0) if quick else (30, 10.0)
+        return (100, 5.0) if quick else (300, 20.0)
+    return (8, 5.0) if quick else (30, 30.0)
 
 
 def _skip(method: str, case: _cases.Case, quick: bool) -> str | None:
@@ -88,8 +88,8 @@ def _skip(method: str, case: _cases.Case, quick: bool) -> str | None:
 
 
 def _baseline_runs(case: _cases.Case) -> tuple[int, float]:
-    """pydantic nested lists take seconds per 16 MB request: a couple of runs suffice."""
-    return (2, 1.0) if case.nbytes > MB else (20, 3.0)
+    """Nested JSON lists take seconds per 16 MB request: a few runs suffice."""
+    return (3, 1.0) if case.nbytes > MB else (20, 3.0)
 
 
 def _methods(
@@ -146,26 +146,29 @@ def run_latency(args: argparse.Namespace, results: dict[str, Any], progress: Pro
             runs, budget = _runs(case, args.quick)
             row: dict[str, Any] = {"mbytes": case.nbytes / MB, "methods": {}}
             latency[case.label] = row
-            progress.update(task, description=f"latency {case.label}: in-process")
-            reference_call = _cases.make_inprocess(case)
-            reference = reference_call().copy()
-            row["methods"]["inprocess"] = _entry(
-                _cases.time_calls(reference_call, runs=runs * 2, budget_s=budget)
-            )
-            progress.advance(task)
+            progress.update(task, description=f"latency {case.label}: checking answers")
+            inprocess = _cases.InProcess(case)
+            reference = inprocess.gradient()
+            calls: dict[str, tuple[Any, int]] = {"inprocess": (inprocess, runs)}
             for method, make in _methods(case, servers):
-                progress.update(task, description=f"latency {case.label}: {method}")
                 skipped = _skip(method, case, args.quick)
                 if skipped:
                     row["methods"][method] = {"skipped": skipped}
-                else:
-                    call = make()
-                    if method != "tcp_floor":  # moves bytes only
-                        np.testing.assert_allclose(call(), reference, rtol=1e-4, atol=1e-6)
-                    n, b = _baseline_runs(case) if method == "baseline" else (runs, budget)
-                    timing = _cases.time_calls(call, runs=n, budget_s=b, warmup=1)
-                    row["methods"][method] = _entry(timing)
+                    progress.advance(task)
+                    continue
+                call = make()
+                if method != "tcp_floor":  # moves bytes only
+                    np.testing.assert_allclose(call(), reference, rtol=1e-4, atol=1e-6)
+                n = _baseline_runs(case)[0] if method in ("baseline", "json_api") else runs
+                calls[method] = (call, n)
                 progress.advance(task)
+            progress.update(task, description=f"latency {case.label}: timing, interleaved")
+            block = 20 if case.nbytes < MB else 4
+            timings = _cases.time_interleaved(calls, block=block, budget_s=budget)
+            for method, timing in timings.items():
+                row["methods"][method] = _entry(timing)
+            inprocess.close()
+            progress.advance(task)
         while _cases.CLEANUP:
             _cases.CLEANUP.pop()()
     results["latency"] = latency
