@@ -214,6 +214,12 @@ class HTTPTransport(httpx.BaseTransport):
             for conn in idle:
                 conn.close()
 
+    def __del__(self) -> None:  # a client dropped without close(): no sockets left open
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - nothing to do about it at collection time
+            pass
+
     # -- one exchange --------------------------------------------------------------------------
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:

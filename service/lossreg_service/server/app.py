@@ -25,8 +25,8 @@ from .logs import configure_logging
 from .metrics import Metrics
 from .middleware import RequestContextMiddleware
 from .openapi import install_openapi
-from .pipeline import configure_compute
 from .routes import health, metrics, shm, v1, v2
+from .tuning import configure_compute
 
 __all__ = ["create_app"]
 
