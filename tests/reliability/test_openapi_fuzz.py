@@ -50,7 +50,11 @@ def test_every_operation_answers_within_its_documented_contract(
     @given(case=operation.as_strategy())
     @FUZZ
     def fuzz(case: Any) -> None:
-        case.call_and_validate(base_url=reliability_url)
+        # The document's examples name real losses; a generic schema-valid body need not fit
+        # the loss a name picks (its inputs live in the loss's own metadata), so "valid data is
+        # accepted" cannot be asked of named routes here either.
+        excluded = [checks.positive_data_acceptance] if "{name}" in operation.path else []
+        case.call_and_validate(base_url=reliability_url, excluded_checks=excluded)
 
     fuzz()
 
