@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -135,6 +136,14 @@ def test_full_queue_answers_503_with_retry_after(http: httpx.Client, small_url: 
     r = http.post("/v1/losses/slow_loss/evaluate", json=slow(0))
     assert r.status_code == 503 and r.json()["code"] == "server_busy"
     assert r.headers["Retry-After"] == "3" and r.json()["retry_after"] == 3
+    # Refused before its body is read: the headers alone get the 503 (no 50 kB upload wasted).
+    host, port = small_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(
+            b"POST /v1/losses/slow_loss/evaluate HTTP/1.1\r\nHost: test\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 50000\r\n\r\n"
+        )
+        assert sock.recv(4096).startswith(b"HTTP/1.1 503")
     first.join()
     second.join()
     assert results == {"first": 200, "second": 200}  # the queued one was served

@@ -91,6 +91,7 @@ async def run_inference(
     batcher: DynamicBatcher | None,
 ) -> Response:
     """Answer one inference request for ``loss``."""
+    executor.admit()  # a full queue refuses at once, before reading a body it could not compute
     body = await read_body(request, settings.max_request_bytes)
     header_length = request.headers.get(HEADER_LENGTH)
     compute_dtype = request.app.state.compute_dtype

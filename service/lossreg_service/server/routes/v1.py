@@ -106,6 +106,7 @@ async def evaluate(
     request.state.compute = True
     loss = registry.get(name)
     request.state.loss = loss.spec.name
+    executor.admit()  # a full queue refuses at once, before reading a body it could not compute
     body = await read_body(request, settings.max_request_bytes)
     compute_dtype = request.app.state.compute_dtype
 
@@ -173,6 +174,7 @@ async def compose(
     """Several losses on the same inputs: the weighted total, each term, the total's gradient."""
     request.state.compute = True
     request.state.loss = "<composition>"
+    executor.admit()  # a full queue refuses at once, before reading a body it could not compute
     body = await read_body(request, settings.max_request_bytes)
     compute_dtype = request.app.state.compute_dtype
 
