@@ -13,6 +13,7 @@ whenever its computation does, and is counted in ``DevicePool.abandoned``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import logging
@@ -211,8 +212,14 @@ class ComputeExecutor:
                 released = True
                 self._release(pool)
 
+        def release_soon(_: object) -> None:
+            # An abandoned computation may end after the server (and its loop) stopped.
+            if not loop.is_closed():
+                with contextlib.suppress(RuntimeError):  # closed between the check and the call
+                    loop.call_soon_threadsafe(release)
+
         future = pool.executor.submit(context.run, self._timed, fn, pool, loss)
-        future.add_done_callback(lambda _: loop.call_soon_threadsafe(release))
+        future.add_done_callback(release_soon)
         result = asyncio.wrap_future(future)
         result.add_done_callback(_mark_retrieved)
         remaining = max(0.0, start + self.timeout_s - loop.time())
