@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import zlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
@@ -25,7 +26,16 @@ from starlette.types import Receive, Scope, Send
 from lossreg.errors import InvalidRequest, PayloadTooLarge
 from lossreg.protocol import HEADER_LENGTH, Buffer
 
-__all__ = ["ChunkedResponse", "CompressedResponse", "encoded_response", "read_body"]
+if TYPE_CHECKING:
+    from .executor import ComputeExecutor
+
+__all__ = [
+    "ChunkedResponse",
+    "CompressedResponse",
+    "encoded_response",
+    "read_admitted_body",
+    "read_body",
+]
 
 _CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": 32 + 15}
 
@@ -37,6 +47,13 @@ def _too_large(size: int | str, limit: int, what: str) -> PayloadTooLarge:
         field="body",
         limit=limit,
     )
+
+
+async def read_admitted_body(request: Request, executor: ComputeExecutor, limit: int) -> bytearray:
+    """The body of a request for compute: a full queue refuses (503) before a byte is read, so a
+    256 MiB upload is not received only to be turned away."""
+    executor.admit()
+    return await read_body(request, limit)
 
 
 async def read_body(request: Request, limit: int) -> bytearray:

@@ -27,7 +27,7 @@ from lossreg.protocol import HEADER_LENGTH, Buffer
 from ..registry import Loss
 from ..settings import Settings
 from .batcher import DynamicBatcher
-from .body import encoded_response, read_body
+from .body import encoded_response, read_admitted_body
 from .dataplane import Computation, Result, compute, compute_batch, single
 from .executor import ComputeExecutor
 from .inference import Decoded, decode_request, encode_response
@@ -91,8 +91,7 @@ async def run_inference(
     batcher: DynamicBatcher | None,
 ) -> Response:
     """Answer one inference request for ``loss``."""
-    executor.admit()  # a full queue refuses at once, before reading a body it could not compute
-    body = await read_body(request, settings.max_request_bytes)
+    body = await read_admitted_body(request, executor, settings.max_request_bytes)
     header_length = request.headers.get(HEADER_LENGTH)
     compute_dtype = request.app.state.compute_dtype
     shm = regions(request.app)

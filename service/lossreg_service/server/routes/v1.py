@@ -27,7 +27,7 @@ from lossreg.protocol import (
 from ...engine import Term
 from ...registry import Loss, LossRegistry
 from ..auth import require_api_key
-from ..body import encoded_response, read_body
+from ..body import encoded_response, read_admitted_body
 from ..catalog import spec_response
 from ..dataplane import Computation, Result, compute, single
 from ..deps import ExecutorDep, RegistryDep, SettingsDep
@@ -106,8 +106,7 @@ async def evaluate(
     request.state.compute = True
     loss = registry.get(name)
     request.state.loss = loss.spec.name
-    executor.admit()  # a full queue refuses at once, before reading a body it could not compute
-    body = await read_body(request, settings.max_request_bytes)
+    body = await read_admitted_body(request, executor, settings.max_request_bytes)
     compute_dtype = request.app.state.compute_dtype
 
     def work(device: Any) -> list[Buffer]:
@@ -174,8 +173,7 @@ async def compose(
     """Several losses on the same inputs: the weighted total, each term, the total's gradient."""
     request.state.compute = True
     request.state.loss = "<composition>"
-    executor.admit()  # a full queue refuses at once, before reading a body it could not compute
-    body = await read_body(request, settings.max_request_bytes)
+    body = await read_admitted_body(request, executor, settings.max_request_bytes)
     compute_dtype = request.app.state.compute_dtype
 
     def work(device: Any) -> list[Buffer]:
