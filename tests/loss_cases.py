@@ -139,5 +139,21 @@ def reference(
     leaves = {k: (v.detach().clone().requires_grad_(k in grad)) for k, v in tensors.items()}
     value = getattr(F, name)(**leaves, **params)
     wanted = [leaves[k] for k in grad]
-    grads = torch.autograd.grad(value, wanted) if wanted else ()
+    grads = torch.autograd.grad(value, wanted, allow_unused=True) if wanted else ()
+    # An input the loss does not differentiate through (hinge's target) has no gradient in
+    # torch; the engine sends zeros for it.
+    grads = tuple(torch.zeros_like(w) if g is None else g for w, g in zip(wanted, grads))
     return value.detach(), dict(zip(grad, grads, strict=True))
+
+
+def grad_names(spec: Any, tensors: dict[str, torch.Tensor], *, default: bool) -> list[str]:
+    """The inputs whose gradient is computed by default (``default``), or every float input
+    whose gradient may be asked for (targets included)."""
+    return [
+        t.name
+        for t in spec.inputs
+        if t.differentiable
+        and t.name in tensors
+        and tensors[t.name].is_floating_point()
+        and (t.grad_by_default or not default)
+    ]

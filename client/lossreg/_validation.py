@@ -11,9 +11,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .errors import InvalidInput, InvalidParameter
+from .errors import InvalidInput
 from .protocol import RESERVED_PARAMETERS, LossSpecResponse
-from .protocol.checks import check_grad, check_shapes, check_tensors
+from .protocol.checks import (
+    check_grad,
+    check_shapes,
+    check_tensors,
+    unknown_input,
+    unknown_parameter,
+)
 
 __all__ = ["check_grad", "check_request", "check_shapes", "check_term"]
 
@@ -40,10 +46,8 @@ def check_request(
     takes_grad_loss = "grad_loss" not in names
     for name in tensors:
         if name not in names:
-            raise InvalidInput(
-                f"{spec.name}: unknown input {name!r}; it takes "
-                + ", ".join(names + (["grad_loss"] if takes_grad_loss else [])),
-                field=name,
+            raise unknown_input(
+                spec.name, name, names + (["grad_loss"] if takes_grad_loss else [])
             )
     outputs = ["loss"] + [f"grad_{t.name}" for t in everything if t.differentiable]
     for name in dict.fromkeys(grad or ()):
@@ -69,4 +73,4 @@ def check_term(
         known = schema.get("properties", {})
         for name in params:
             if name not in known and name not in RESERVED_PARAMETERS:
-                raise InvalidParameter(f"{spec.name}: unknown parameter {name!r}", field=name)
+                raise unknown_parameter(spec, name)

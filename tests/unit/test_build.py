@@ -74,7 +74,8 @@ def test_plain_function_spec_and_schema():
     assert spec.style == "function"
     assert [t.name for t in spec.inputs] == ["input", "target"]
     assert [t.name for t in spec.tensor_params] == ["weight"]
-    assert spec.inputs[0].differentiable and not spec.inputs[1].differentiable
+    # a target's gradient is computed when asked for, never by default
+    assert spec.inputs[0].grad_by_default and not spec.inputs[1].grad_by_default
     props = spec.params_schema["properties"]
     assert props["reduction"]["enum"] == ["none", "mean", "sum"]
     assert props["scale"]["exclusiveMinimum"] == 0 and props["scale"]["maximum"] == 10

@@ -35,7 +35,7 @@ def _ce_inputs() -> dict[str, torch.Tensor]:
         ({**_ce_inputs(), "extra": torch.ones(1)}, {}, InvalidInput, "extra", "unknown input"),
         ({"input": torch.randn(4, 3).int(), "target": torch.zeros(4).long()}, {}, InvalidInput,
          "input", "has dtype int32"),
-        (_ce_inputs(), {"grad": ["target"]}, InvalidInput, "target", "not differentiable"),
+        (_ce_inputs(), {"grad": ["target"]}, InvalidInput, "target", "only floating-point"),
         (_ce_inputs(), {"grad": ["logits"]}, InvalidInput, "logits", "no such input"),
         (_ce_inputs(), {"grad": ["weight"]}, InvalidInput, "weight", "not differentiable"),
         (_ce_inputs(), {"params": {"label_smoothing": 2}}, InvalidParameter, "label_smoothing",

@@ -8,12 +8,20 @@ message and field the server would answer with. Specs are duck-typed: the engine
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
-from ..errors import InvalidInput, ShapeMismatch
+from ..errors import InvalidInput, InvalidParameter, ShapeMismatch
 
-__all__ = ["TensorInfo", "check_grad", "check_shapes", "check_tensors"]
+__all__ = [
+    "TensorInfo",
+    "check_grad",
+    "check_shapes",
+    "check_tensors",
+    "unknown_input",
+    "unknown_parameter",
+]
 
 TensorInfo = tuple[tuple[int, ...], str]
 """What the checks need of a tensor: its shape and its torch dtype name (``"float32"``)."""
@@ -43,6 +51,39 @@ def _all(spec: LossSpecLike) -> list[TensorSpecLike]:
     return [*spec.inputs, *spec.tensor_params]
 
 
+def _did_you_mean(name: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def unknown_input(loss_name: str, name: str, known: Sequence[str]) -> InvalidInput:
+    """The error for a tensor a loss does not take: the same words on client and server."""
+    return InvalidInput(
+        f"{loss_name}: unknown input {name!r}; it takes {', '.join(known)}"
+        + _did_you_mean(name, known),
+        field=name,
+    )
+
+
+def unknown_parameter(spec: Any, name: str) -> InvalidParameter:
+    """The error for a scalar parameter a loss does not have: a close match, the valid names,
+    and, for a tensor parameter sent among the scalars, where it belongs."""
+    tensors = [t.name for t in _all(spec)]
+    if name in tensors:
+        return InvalidParameter(
+            f"{spec.name}: {name!r} is a tensor input, not a scalar parameter: send it with the "
+            "inputs (a keyword tensor of Client.evaluate or RemoteLoss, an input of the "
+            "request)",
+            field=name,
+        )
+    known = sorted(spec.params_schema.get("properties", {}))
+    takes = f"it takes {', '.join(known)}" if known else "it takes no scalar parameters"
+    return InvalidParameter(
+        f"{spec.name}: unknown parameter {name!r}; {takes}{_did_you_mean(name, known)}",
+        field=name,
+    )
+
+
 def check_tensors(spec: LossSpecLike, tensors: Mapping[str, TensorInfo]) -> None:
     """Every required input is there, each tensor has an accepted dtype and declared shapes agree.
 
@@ -59,9 +100,16 @@ def check_tensors(spec: LossSpecLike, tensors: Mapping[str, TensorInfo]) -> None
             )
     for ts in _all(spec):
         if ts.name in tensors and tensors[ts.name][1] not in ts.dtypes:
+            dtype = tensors[ts.name][1]
+            hint = ""
+            if _is_float(dtype) and not any(_is_float(d) for d in ts.dtypes):
+                hint = (
+                    f"; {ts.name!r} holds class indices: send an integer tensor (int64, e.g. "
+                    "target.long()), not floats"
+                )
             raise InvalidInput(
-                f"{spec.name}: input {ts.name!r} has dtype {tensors[ts.name][1]}; "
-                f"accepted: {', '.join(ts.dtypes)}",
+                f"{spec.name}: input {ts.name!r} has dtype {dtype}; "
+                f"accepted: {', '.join(ts.dtypes)}{hint}",
                 field=ts.name,
             )
     check_shapes(spec.name, _all(spec), {n: shape for n, (shape, _) in tensors.items()})
@@ -78,17 +126,18 @@ def check_grad(
         InvalidInput: a tensor no loss takes, or a gradient that cannot be computed.
     """
     differentiable: dict[str, bool] = {}
+    by_default: dict[str, bool] = {}
     for spec in specs:
         for ts in _all(spec):
             differentiable[ts.name] = differentiable.get(ts.name, False) or ts.differentiable
+            default = ts.differentiable and getattr(ts, "grad_by_default", True)
+            by_default[ts.name] = by_default.get(ts.name, False) or default
     unused = sorted(set(tensors) - set(differentiable))
     if unused:
-        raise InvalidInput(
-            f"unknown input {unused[0]!r}; the loss takes " + ", ".join(sorted(differentiable)),
-            field=unused[0],
-        )
+        owner = specs[0].name if len(specs) == 1 else "the losses"
+        raise unknown_input(owner, unused[0], sorted(differentiable))
     if grad is None:
-        return [n for n, d in differentiable.items() if d and n in tensors]
+        return [n for n, d in by_default.items() if d and n in tensors]
     names = list(dict.fromkeys(grad))
     for name in names:
         if name not in differentiable:
@@ -101,12 +150,16 @@ def check_grad(
         if name not in tensors:
             raise InvalidInput(f"gradient asked for {name!r}, which was not sent", field=name)
         dtype = tensors[name][1]
-        if not (dtype.startswith("float") or dtype == "bfloat16"):
+        if not _is_float(dtype):
             raise InvalidInput(
                 f"input {name!r} has dtype {dtype}; only floating-point inputs have gradients",
                 field=name,
             )
     return names
+
+
+def _is_float(dtype: str) -> bool:
+    return dtype.startswith("float") or dtype == "bfloat16"
 
 
 def _fmt(shape: Sequence[int]) -> str:

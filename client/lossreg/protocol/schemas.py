@@ -282,6 +282,9 @@ class TensorSpecResponse(BaseModel):
     shape: str | None = Field(None, description="dimension symbols, e.g. 'N C *S'")
     cast: str | None = None
     doc: str = ""
+    grad_by_default: bool = Field(
+        True, description="whether its gradient is computed when a request names none"
+    )
 
 
 class LossSpecResponse(BaseModel):

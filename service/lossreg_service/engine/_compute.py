@@ -4,7 +4,8 @@ Everything a request can get wrong is checked before the loss runs (names, dtype
 shapes, parameters, which gradients), and raised as a `lossreg.errors` class naming the field.
 Gradients come from ``torch.autograd.grad`` on fresh leaf tensors, so an
 ``autograd.Function``'s own ``backward`` is the one used; for a non-scalar loss the upstream
-gradient ``grad_loss`` (default: ones) makes the result the vector-Jacobian product.
+gradient ``grad_loss`` makes the result the vector-Jacobian product, and is required, as torch's
+``backward()`` refuses a non-scalar without one (a silent all-ones gradient trains wrongly).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from lossreg.errors import (
     ShapeMismatch,
     field_path,
 )
-from lossreg.protocol.checks import TensorInfo, check_grad, check_tensors
+from lossreg.protocol.checks import TensorInfo, check_grad, check_tensors, unknown_parameter
 
 from ..registry import Loss
 from .devices import dtype_name
@@ -221,11 +222,15 @@ def _validate_term(term: Term, inputs: Mapping[str, TensorInfo]) -> dict[str, An
     except pydantic.ValidationError as exc:
         error = exc.errors()[0]
         where = field_path(error["loc"]) or "params"
-        message = (
-            f"{spec.name}: unknown parameter {where!r}"
-            if error["type"] == "extra_forbidden"
-            else f"{spec.name}: parameter {where!r}: {error['msg']}"
-        )
+        if error["type"] == "extra_forbidden":
+            raise unknown_parameter(spec, where) from None
+        message = f"{spec.name}: parameter {where!r}: {error['msg']}"
+        if where in term.loss.unannotated and isinstance(term.params.get(where), list | dict):
+            message += (
+                f"; {where!r} has no annotation and a None default, so it is taken for a JSON "
+                f"scalar: annotate it in the loss ('{where}: Tensor | None = None' for a tensor, "
+                f"'{where}: list[float] | None = None' for a list)"
+            )
         raise InvalidParameter(message, field=where) from None
 
 
@@ -295,11 +300,19 @@ def _backward(
             raise InvalidInput("grad_loss must be floating point", field="grad_loss")
     if not grad_names:
         return {}
+    if grad_loss is None and total.dim() != 0:
+        raise InvalidInput(
+            f"the loss has shape {list(total.shape)}, and a gradient of a non-scalar loss needs "
+            "grad_loss, the upstream gradient shaped like the loss (torch's backward() refuses "
+            "a non-scalar too): send grad_loss, ask for the loss alone, or reduce it "
+            "(reduction 'mean' or 'sum')",
+            field="grad_loss",
+        )
     if not total.requires_grad:
         # The loss does not depend on any requested input (e.g. all targets ignored).
         return {n: torch.zeros_like(inputs[n], device=total.device) for n in grad_names}
     upstream = (
-        torch.ones_like(total)
+        torch.ones_like(total)  # a scalar: what backward() uses
         if grad_loss is None
         else grad_loss.to(device=total.device, dtype=total.dtype)
     )

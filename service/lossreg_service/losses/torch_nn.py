@@ -5,6 +5,11 @@ argument names for tensors (``input``, ``target``, ``log_probs``...), the module
 parameters (without the deprecated ``size_average``/``reduce``), and ranges and enums as
 annotations, from which the JSON schema is derived. They are registered through the
 ``lossreg.losses`` entry-point group in lossreg's own ``pyproject.toml``, like any plugin.
+
+Torch parity: every input form torch's own loss takes is accepted with torch's value and
+gradient: unbatched inputs (``cross_entropy`` on ``[C]`` logits and a ``[]`` class index),
+integer targets where torch promotes them (``margin_ranking_loss``, ``hinge_embedding_loss``,
+``mse_loss``...), and a float target's gradient where torch has one (asked for, not by default).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from lossreg.errors import InvalidInput
+from lossreg.errors import InvalidInput, ShapeMismatch
 
 from ..registry import FLOAT_DTYPES, INT_DTYPES, Reduction, TensorSpec, loss
 
@@ -32,10 +37,51 @@ def _pred(shape: str | None = _SAME, doc: str = "predictions") -> TensorSpec:
     return TensorSpec("input", FLOAT_DTYPES, differentiable=True, shape=shape, doc=doc)
 
 
+_PROMOTED = FLOAT_DTYPES + INT_DTYPES  # integer targets torch promotes to the input's dtype
+
+
 def _target(
-    shape: str | None = _SAME, doc: str = "targets", dtypes: tuple[str, ...] = FLOAT_DTYPES
+    shape: str | None = _SAME,
+    doc: str = "targets",
+    dtypes: tuple[str, ...] = FLOAT_DTYPES,
+    differentiable: bool = True,
 ) -> TensorSpec:
-    return TensorSpec("target", dtypes, differentiable=False, shape=shape, doc=doc)
+    """A target: its gradient (where torch has one) is computed only when asked for."""
+    return TensorSpec(
+        "target",
+        dtypes,
+        differentiable=differentiable,
+        shape=shape,
+        doc=doc,
+        grad_by_default=False,
+    )
+
+
+def _check_class_weight(input: Tensor, weight: Tensor | None) -> None:
+    """A class weight has one entry per class (dimension C of the input)."""
+    classes = input.shape[1] if input.dim() > 1 else input.shape[0]
+    if weight is not None and list(weight.shape) != [classes]:
+        raise ShapeMismatch(
+            f"'weight' has shape {list(weight.shape)}; class weights must have shape "
+            f"[{classes}] (dimension C of the input, {list(input.shape)})",
+            field="weight",
+        )
+
+
+def _check_class_shapes(input: Tensor, target: Tensor) -> None:
+    """Class indices are shaped like the input without its class axis: ``[N, d1, ...]`` for
+    ``[N, C, d1, ...]``, ``[]`` for unbatched ``[C]`` logits (as torch takes them)."""
+    if input.dim() == 0:
+        raise ShapeMismatch(
+            "'input' has shape []; it must be [C] or [N, C, d1, ...] (C classes)", field="input"
+        )
+    expected = list(input.shape[:1] + input.shape[2:]) if input.dim() > 1 else []
+    if list(target.shape) != expected:
+        raise ShapeMismatch(
+            f"'target' has shape {list(target.shape)}, but class indices for an input of shape "
+            f"{list(input.shape)} must have shape {expected} (the input without its class axis)",
+            field="target",
+        )
 
 
 def _check_classes(input: Tensor, target: Tensor, ignore_index: int | None = None) -> None:
@@ -60,7 +106,7 @@ def _check_classes(input: Tensor, target: Tensor, ignore_index: int | None = Non
         )
 
 
-_ELEMENTWISE = {"input": _pred(), "target": _target()}
+_ELEMENTWISE = {"input": _pred(), "target": _target(dtypes=_PROMOTED)}
 _WEIGHT = {"weight": {"doc": "per-element rescaling weight, broadcast to the input"}}
 _CLASS_WEIGHT = {"weight": {"doc": "per-class rescaling weight of shape [C]", "shape": "C"}}
 
@@ -93,10 +139,11 @@ def mse_loss(
     summary="Cross-entropy between logits and class indices or class probabilities.",
     tags=["classification", "segmentation"],
     inputs={
-        "input": _pred("N C *", "unnormalised logits, [N, C] or [N, C, d1, ...]"),
+        "input": _pred(None, "unnormalised logits, [C], [N, C] or [N, C, d1, ...]"),
         "target": _target(
             None,
-            "class indices [N, d1, ...] (integer) or probabilities shaped like input (float)",
+            "class indices [], [N] or [N, d1, ...] (integer) or probabilities shaped like input "
+            "(float)",
             FLOAT_DTYPES + INT_DTYPES,
         ),
     },
@@ -111,8 +158,10 @@ def cross_entropy(
     reduction: Reduction = "mean",
     label_smoothing: Annotated[float, Field(ge=0, le=1)] = 0.0,
 ) -> Tensor:
+    _check_class_weight(input, weight)
     if not target.is_floating_point():
         target = target.long()
+        _check_class_shapes(input, target)
         _check_classes(input, target, ignore_index)
     return F.cross_entropy(
         input,
@@ -128,7 +177,7 @@ def cross_entropy(
     summary="Negative log-likelihood of log-probabilities at class indices.",
     tags=["classification", "segmentation"],
     inputs={
-        "input": _pred("N C *", "log-probabilities, [N, C] or [N, C, d1, ...]"),
+        "input": _pred(None, "log-probabilities, [C], [N, C] or [N, C, d1, ...]"),
         "target": _CLASS_INDEX,
     },
     tensor_params=_CLASS_WEIGHT,
@@ -141,6 +190,8 @@ def nll_loss(
     ignore_index: int = -100,
     reduction: Reduction = "mean",
 ) -> Tensor:
+    _check_class_weight(input, weight)
+    _check_class_shapes(input, target)
     _check_classes(input, target, ignore_index)
     return F.nll_loss(input, target, weight=weight, ignore_index=ignore_index, reduction=reduction)
 
@@ -225,7 +276,7 @@ def smooth_l1_loss(
 @loss(
     summary="Two-class logistic loss log(1 + exp(-target * input)), target in {-1, 1}.",
     tags=["classification"],
-    inputs=_ELEMENTWISE,
+    inputs={"input": _pred(), "target": _target(dtypes=_PROMOTED, differentiable=False)},
 )
 def soft_margin_loss(input: Tensor, target: Tensor, *, reduction: Reduction = "mean") -> Tensor:
     return F.soft_margin_loss(input, target, reduction=reduction)
@@ -234,7 +285,10 @@ def soft_margin_loss(input: Tensor, target: Tensor, *, reduction: Reduction = "m
 @loss(
     summary="Multi-label one-versus-all logistic loss.",
     tags=["classification"],
-    inputs={"input": _pred(doc="logits [N, C]"), "target": _target(doc="0/1 labels [N, C]")},
+    inputs={
+        "input": _pred(doc="logits [N, C] or [C]"),
+        "target": _target(doc="0/1 labels [N, C] or [C]", dtypes=_PROMOTED),
+    },
     tensor_params=_CLASS_WEIGHT,
 )
 def multilabel_soft_margin_loss(
@@ -268,14 +322,14 @@ def multilabel_margin_loss(
     summary="Multi-class hinge loss between scores and a class index.",
     tags=["classification"],
     inputs={
-        "input": _pred("N C", "scores [N, C]"),
+        "input": _pred("*B C", "scores [N, C] or [C]"),
         "target": TensorSpec(
             "target",
             INT_DTYPES,
             differentiable=False,
-            shape="N",
+            shape="*B",
             cast="int64",
-            doc="class indices [N]",
+            doc="class indices [N] (or [] for unbatched [C] scores)",
         ),
     },
     tensor_params=_CLASS_WEIGHT,
@@ -289,6 +343,11 @@ def multi_margin_loss(
     margin: float = 1.0,
     reduction: Reduction = "mean",
 ) -> Tensor:
+    if input.dim() > 2:
+        raise ShapeMismatch(
+            f"'input' has shape {list(input.shape)}; it must be [N, C] or [C]", field="input"
+        )
+    _check_class_shapes(input, target)
     _check_classes(input, target)
     return F.multi_margin_loss(
         input, target, p=p, margin=margin, weight=weight, reduction=reduction
@@ -309,7 +368,7 @@ def hinge_embedding_loss(
 _EMBEDDING_PAIR = {
     "input1": TensorSpec("input1", FLOAT_DTYPES, shape="*B D", doc="embeddings [N, D]"),
     "input2": TensorSpec("input2", FLOAT_DTYPES, shape="*B D", doc="embeddings [N, D]"),
-    "target": _target("*B", "1 (similar) or -1 (dissimilar), [N]"),
+    "target": _target("*B", "1 (similar) or -1 (dissimilar), [N] (or [])", _PROMOTED),
 }
 
 
@@ -335,7 +394,7 @@ def cosine_embedding_loss(
     inputs={
         "input1": TensorSpec("input1", shape=_SAME),
         "input2": TensorSpec("input2", shape=_SAME),
-        "target": _target(doc="1 if input1 should rank higher, -1 otherwise"),
+        "target": _target(doc="1 if input1 should rank higher, -1 otherwise", dtypes=_PROMOTED),
     },
 )
 def margin_ranking_loss(
@@ -376,7 +435,10 @@ def triplet_margin_loss(
 @loss(
     summary="Poisson negative log-likelihood; input is the (log-)rate.",
     tags=["regression"],
-    inputs={"input": _pred(doc="log-rate if log_input, else rate"), "target": _target()},
+    inputs={
+        "input": _pred(doc="log-rate if log_input, else rate"),
+        "target": _target(dtypes=_PROMOTED),
+    },
 )
 def poisson_nll_loss(
     input: Tensor,
@@ -397,7 +459,7 @@ def poisson_nll_loss(
     tags=["regression"],
     inputs={
         "input": _pred(None, "predicted means"),
-        "target": _target(None),
+        "target": _target(None, dtypes=_PROMOTED),
         "var": TensorSpec(
             "var",
             FLOAT_DTYPES,

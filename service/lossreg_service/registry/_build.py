@@ -10,8 +10,12 @@ The loss literature writes a loss in four ways, and each becomes ``loss(tensors,
 - a callable instance (an ``nn.Module`` or a wrapper already configured).
 
 Arguments without a default are the tensor inputs, in call order; arguments whose annotation
-mentions ``Tensor`` are tensor parameters; everything else is a scalar parameter, validated by a
-pydantic model built from the signature (so its JSON schema comes for free).
+mentions ``Tensor`` (or, unannotated with a ``None`` default, are named like one: ``weight``,
+``pos_weight``, ``class_weights``) are tensor parameters; everything else is a scalar parameter,
+validated by a pydantic model built from the signature (so its JSON schema comes for free). The
+deprecated ``size_average``/``reduce`` are not exposed, an unannotated ``int`` default accepts any
+number (``smooth=1`` takes ``1e-5``), and a class is constructed with only the arguments a caller
+set, so its own defaults (and those of the bases it forwards ``**kwargs`` to) stay its own.
 """
 
 from __future__ import annotations
@@ -32,6 +36,11 @@ _SKIP_KINDS = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
 JsonScalar = bool | int | float | str | None
 """What an unannotated parameter with a ``None`` default accepts: never lists or objects."""
 
+LEGACY_ARGS = frozenset({"size_average", "reduce"})
+"""torch's deprecated reduction arguments: never exposed (``reduction`` replaces them)."""
+
+_TENSOR_LIKE_NAMES = frozenset({"weight", "weights", "pos_weight", "class_weight", "class_weights"})
+
 
 @dataclasses.dataclass(frozen=True)
 class _Arg:
@@ -45,7 +54,13 @@ class _Arg:
         return self.default is inspect.Parameter.empty
 
     @property
+    def unannotated(self) -> bool:
+        return self.annotation is inspect.Parameter.empty
+
+    @property
     def is_tensor(self) -> bool:
+        if self.unannotated:  # ``weight=None``: a class-weight tensor, not a JSON scalar
+            return self.default is None and self.name in _TENSOR_LIKE_NAMES
         return _mentions_tensor(self.annotation)
 
 
@@ -77,10 +92,12 @@ class Loss:
         spec: LossSpec,
         params_model: type[pydantic.BaseModel],
         call: Callable[[Mapping[str, torch.Tensor], Mapping[str, Any]], torch.Tensor],
+        unannotated: frozenset[str] = frozenset(),
     ) -> None:
         self.spec = spec
         self.params_model = params_model
         self._call = call
+        self.unannotated = unannotated  # scalar parameters typed from their default alone
 
     @property
     def name(self) -> str:
@@ -93,8 +110,9 @@ class Loss:
         return self._call(tensors, params)
 
     def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """Validate and fill defaults; raises pydantic.ValidationError."""
-        return self.params_model.model_validate(dict(params)).model_dump()
+        """Validate what the caller set (the loss keeps its own defaults for the rest);
+        raises pydantic.ValidationError."""
+        return self.params_model.model_validate(dict(params)).model_dump(exclude_unset=True)
 
     def __repr__(self) -> str:
         return f"Loss({self.spec.qualified_name!r}, style={self.spec.style!r})"
@@ -144,11 +162,12 @@ def _params_model(
     for arg in args:
         annotation = overrides.get(arg.name, arg.annotation)
         if annotation is inspect.Parameter.empty:
-            annotation = (
-                type(arg.default)
-                if arg.default not in (None, inspect.Parameter.empty)
-                else JsonScalar
-            )
+            if arg.default is None or arg.default is inspect.Parameter.empty:
+                annotation = JsonScalar
+            elif type(arg.default) is int:
+                annotation = int | float  # ``smooth=1`` is a number, not an integer-only knob
+            else:
+                annotation = type(arg.default)
         if arg.required:
             fields[arg.name] = (annotation, ...)
         else:
@@ -161,8 +180,15 @@ def _params_model(
     )
 
 
+def _own_doc(target: Any) -> str:
+    """The target's own docstring: never one inherited from a base class (``nn.Module``'s)."""
+    owner = target if inspect.isclass(target) or inspect.isroutine(target) else type(target)
+    doc = owner.__dict__.get("__doc__") if inspect.isclass(owner) else owner.__doc__
+    return inspect.cleandoc(doc) if isinstance(doc, str) else ""
+
+
 def _doc(target: Any, definition: LossDefinition) -> tuple[str, str]:
-    doc = definition.doc or inspect.getdoc(target) or ""
+    doc = definition.doc or _own_doc(target)
     summary = definition.summary or (doc.strip().splitlines()[0] if doc.strip() else "")
     return summary.strip(), doc.strip()
 
@@ -192,7 +218,7 @@ def build_loss(
     else:
         call_args, ctor_args = _args(target), []
 
-    excluded = set(definition.exclude)
+    excluded = set(definition.exclude) | LEGACY_ARGS
     call_args = [a for a in call_args if a.name not in excluded]
     ctor_args = [a for a in ctor_args if a.name not in excluded]
 
@@ -221,6 +247,8 @@ def build_loss(
         for a in tensor_param_args
     )
     params_model = _params_model(name, scalar_args, definition.params)
+    if style in ("module", "class"):
+        _try_construct(target, name)
     summary, doc = _doc(target, definition)
     spec = LossSpec(
         name=name,
@@ -236,7 +264,22 @@ def build_loss(
         version=version,
     )
     call = _make_call(target, style, call_args, ctor_args)
-    return Loss(spec, params_model, call)
+    unannotated = frozenset(
+        a.name for a in scalar_args if a.unannotated and a.name not in definition.params
+    )
+    return Loss(spec, params_model, call, unannotated)
+
+
+def _try_construct(target: type, name: str) -> None:
+    """Construct the class with its defaults once, so one that cannot be is reported at load
+    time (unavailable, with the error) instead of failing every request."""
+    try:
+        target()
+    except Exception as exc:
+        raise TypeError(
+            f"loss {name!r}: {target.__name__}() with its default arguments failed: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def _make_call(

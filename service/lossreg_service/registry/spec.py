@@ -28,7 +28,15 @@ TAGS: tuple[str, ...] = (
     "ranking",
 )
 
-_TARGET_NAMES = frozenset({"target", "targets", "label", "labels", "y", "y_true", "mask"})
+TARGET_NAMES = frozenset(
+    {
+        "target", "targets", "targ", "targs", "tgt", "label", "labels", "y", "yb", "y_true",
+        "ground_truth", "gt", "truth", "mask", "masks",
+    }
+)  # fmt: skip
+"""Input names taken for targets: any dtype accepted (class indices, masks), gradient only when
+asked for. fastai calls its target ``targ``, Keras ``y_true``. A plugin overrides the guess with
+``@loss(inputs={"targ": {"differentiable": False}})`` (or a dtype list, a shape...)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +47,8 @@ class TensorSpec:
         name: the argument name (the wire name of the input).
         dtypes: the torch dtype names accepted.
         differentiable: whether a gradient with respect to it can be asked for.
+        grad_by_default: whether that gradient is computed when a request names none (targets:
+            only when asked for, e.g. by a `RemoteLoss` whose target requires grad).
         optional: whether it may be left out (tensor parameters such as ``weight``).
         shape: space-separated dimension symbols, e.g. ``"N C *"``; a name binds the same size
             across all of a loss's tensors, an integer is exact, ``*`` or ``*name`` stands for
@@ -55,6 +65,7 @@ class TensorSpec:
     shape: str | None = None
     cast: str | None = None
     doc: str = ""
+    grad_by_default: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -66,8 +77,10 @@ def default_tensor_spec(name: str, *, optional: bool = False) -> TensorSpec:
     """What an unannotated tensor argument is taken to be, from its name alone."""
     if optional:
         return TensorSpec(name, FLOAT_DTYPES, differentiable=False, optional=True)
-    if name in _TARGET_NAMES:
-        return TensorSpec(name, FLOAT_DTYPES + INT_DTYPES + BOOL_DTYPES, differentiable=False)
+    if name in TARGET_NAMES:
+        # A float target may require grad (distillation, consistency losses): autograd or the
+        # loss's own backward gives its gradient when asked for, like local torch.
+        return TensorSpec(name, FLOAT_DTYPES + INT_DTYPES + BOOL_DTYPES, grad_by_default=False)
     if name.endswith("lengths"):
         return TensorSpec(name, INT_DTYPES, differentiable=False)
     return TensorSpec(name, FLOAT_DTYPES, differentiable=True)

@@ -30,6 +30,7 @@ from lossreg.protocol import (
     slice_binary_data,
     split_body,
 )
+from lossreg.protocol.checks import unknown_input
 
 from ..registry import LossSpec
 from .errors import from_validation_error
@@ -86,7 +87,8 @@ def _plan(
     differentiable = [t.name for t in spec.inputs + spec.tensor_params if t.differentiable]
     known = [LOSS] + [GRAD_PREFIX + n for n in differentiable]
     if not request.outputs:
-        grads = [n for n in differentiable if n in sent]
+        by_default = [t.name for t in spec.inputs + spec.tensor_params if t.grad_by_default]
+        grads = [n for n in differentiable if n in sent and n in by_default]
         return OutputPlan(
             [(n, binary_default) for n in [LOSS] + [GRAD_PREFIX + g for g in grads]], None
         )
@@ -167,10 +169,8 @@ def decode_request(
         if name in inputs or (name == GRAD_LOSS and grad_loss is not None):
             raise InvalidInput(f"input {name!r} is sent twice", field=name)
         if name not in names and not (takes_grad_loss and name == GRAD_LOSS):
-            raise InvalidInput(
-                f"{spec.name}: unknown input {name!r}; it takes "
-                + ", ".join(sorted(names) + ([GRAD_LOSS] if takes_grad_loss else [])),
-                field=name,
+            raise unknown_input(
+                spec.name, name, sorted(names) + ([GRAD_LOSS] if takes_grad_loss else [])
             )
         raw = binary.get(name)
         if raw is None:
