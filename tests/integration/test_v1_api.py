@@ -154,7 +154,8 @@ def test_compose_errors_name_the_term(http: httpx.Client) -> None:
         "inputs": {"input": [1.0, 2.0], "target": [0.0, 0.0]},
     }
     r = http.post("/v1/evaluate", json=none)
-    assert r.status_code == 422 and "scalar terms" in r.json()["error"]
+    # torch's backward() refuses a non-scalar loss; so does a composition without grad_loss
+    assert r.status_code == 422 and "non-scalar loss" in r.json()["error"]
 
 
 @pytest.mark.parametrize(
@@ -214,10 +215,32 @@ def test_compose_errors_name_the_term(http: httpx.Client) -> None:
             "unknown parameter 'beta'",
         ),
         (
-            {"inputs": {"input": [1.0], "target": [1.0]}, "grad": ["target"]},
+            {"inputs": {"input": [1.0], "target": [1]}, "grad": ["target"]},
             422,
             "target",
-            "not differentiable",
+            "only floating-point inputs have gradients",
+        ),
+        (
+            {"inputs": {"input": [1.0], "target": [1.0]}, "params": {"reductoin": "sum"}},
+            422,
+            "reductoin",
+            "(did you mean 'reduction'?)",
+        ),
+        (
+            {"inputs": {"input": [1.0], "target": [1.0]}, "params": {"weight": [2.0]}},
+            422,
+            "weight",
+            "'weight' is a tensor input, not a scalar parameter",
+        ),
+        (
+            {
+                "inputs": {"input": [1.0, 2.0], "target": [1.0, 0.0]},
+                "grad": ["input"],
+                "params": {"reduction": "none"},
+            },
+            422,
+            "grad_loss",
+            "a gradient of a non-scalar loss needs grad_loss",
         ),
         ({"inputs": [1.0]}, 400, "inputs", "valid dictionary"),
     ],

@@ -58,18 +58,20 @@ def test_loss_and_gradients_match_torch(client: Any, name: str, binary: bool) ->
     differentiable = [
         o["name"].removeprefix("grad_") for o in spec["outputs"] if o["name"].startswith("grad_")
     ]
-    grad = [n for n in differentiable if n in tensors]
+    grad = [n for n in differentiable if n in tensors and tensors[n].is_floating_point()]
     outputs = [tritonclient_http.InferRequestedOutput("loss", binary_data=binary)] + [
         tritonclient_http.InferRequestedOutput(f"grad_{n}", binary_data=binary) for n in grad
     ]
-    result = client.infer(name, _inputs(tensors, binary), outputs=outputs, parameters=params)
+    # poisson_nll_loss(full=True)'s target gradient is NaN at a zero count, in torch too
+    sent = {**params, "nonfinite": "allow"}
+    result = client.infer(name, _inputs(tensors, binary), outputs=outputs, parameters=sent)
 
     value, grads = reference(name, tensors, params, grad)
     torch.testing.assert_close(_tensor(result, "loss"), value)
     for n in grad:
         got = result.as_numpy(f"grad_{n}")
         assert got.dtype == np.float32 and list(got.shape) == list(tensors[n].shape)
-        torch.testing.assert_close(torch.from_numpy(np.array(got)), grads[n])
+        torch.testing.assert_close(torch.from_numpy(np.array(got)), grads[n], equal_nan=True)
     outputs_sent = result.get_response()["outputs"]
     assert all(("binary_data_size" in o.get("parameters", {})) == binary for o in outputs_sent)
 
