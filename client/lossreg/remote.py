@@ -12,6 +12,12 @@ Its forward sends the tensors and returns the value as a tensor in the caller's 
 - Under autocast, low-precision inputs are computed in float32, as autocast does for torch's own
   losses; their gradients flow back in the inputs' dtype.
 - First-order gradients only: a second backward through the gradient (double backward) raises.
+- The loss's parameters are attributes too: ``loss_fn.weight = w`` or ``loss_fn.reduction`` read
+  and write the parameters the next forward sends (what fastai's callbacks and ``get_preds`` do).
+  Tensor parameters (``weight``, ``pos_weight``) go with the inputs, as the tensors they are.
+- A tensor that requires grad gets its gradient: a float target's too, computed by the server
+  where the loss has one; a tensor the loss declares non-differentiable raises instead of
+  silently getting none.
 
 This module imports torch; ``import lossreg`` loads it only when `RemoteLoss` is first used.
 """
@@ -20,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -29,7 +35,9 @@ from torch.autograd.function import once_differentiable
 
 from ._client import Client
 from ._config import DEFAULT_RETRIES, DEFAULT_TIMEOUT
+from .errors import InvalidInput
 from .protocol import LossSpecResponse
+from .protocol.checks import unknown_input
 
 __all__ = ["RemoteLoss"]
 
@@ -51,8 +59,10 @@ class RemoteLoss(nn.Module):
         name: the loss's registry name.
         client: the `Client` to use (shared between losses); default: one for ``url``.
         url: the server, when no client is given (default ``$LOSSREG_URL``).
-        **params: the loss's scalar parameters (``reduction``, ``gamma``...); they live in the
-            mutable dict ``self.params``, read at every forward.
+        **params: the loss's parameters: scalars (``reduction``, ``gamma``...) and tensors
+            (``weight=class_weights``, sent as the tensor inputs they are). They live in the
+            mutable dict ``self.params``, read at every forward, and are attributes too
+            (``loss_fn.weight = w``, ``loss_fn.reduction``).
     """
 
     def __init__(
@@ -67,6 +77,8 @@ class RemoteLoss(nn.Module):
         self._owns_client = client is None
         self._url = url if client is None else str(client.url)
         self._client_config = _client_config(client)
+        self._scalar_on_server: bool | None = None  # learnt: does eager differentiation work?
+        self._ready = True  # from here on, parameter names set and read self.params
 
     # -- configuration ---------------------------------------------------------------------------
 
@@ -84,9 +96,70 @@ class RemoteLoss(nn.Module):
         return self.client.spec(self.name)
 
     def set_params(self, **params: Any) -> RemoteLoss:
-        """Update some parameters (a loss-weight schedule, say); returns the loss itself."""
+        """Update some parameters, scalars or tensors (a loss-weight schedule, class weights);
+        returns the loss itself."""
         self.params.update(params)
         return self
+
+    # -- parameters as attributes (fastai's callbacks and get_preds use them so) ----------------
+
+    def _parameter_names(self) -> tuple[set[str], set[str]]:
+        """The loss's scalar and tensor parameter names, from its spec."""
+        spec = self.spec
+        return set(spec.params_schema.get("properties", {})), {t.name for t in spec.tensor_params}
+
+    def _is_plain_attribute(self, name: str) -> bool:
+        return (
+            not self.__dict__.get("_ready", False)
+            or name.startswith("_")
+            or name in self.__dict__
+            or hasattr(type(self), name)
+        )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self._is_plain_attribute(name):
+            super().__setattr__(name, value)
+            return
+        scalars, tensors = self._parameter_names()
+        if name in self.params or name in scalars or name in tensors:
+            self.params[name] = value  # sent with the next forward
+        else:
+            super().__setattr__(name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)  # nn.Module's parameters, buffers, submodules
+        except AttributeError:
+            if name.startswith("_") or not self.__dict__.get("_ready", False):
+                raise
+        params = self.__dict__["params"]
+        if name in params:
+            return params[name]
+        scalars, tensors = self._parameter_names()
+        if name in tensors:
+            return None  # an unset tensor parameter: the loss's default
+        if name in scalars:
+            return _default(self.spec, name)
+        raise AttributeError(f"{type(self).__name__} {self.name!r} has no attribute {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        if name in self.__dict__.get("params", {}) and name not in self.__dict__:
+            del self.params[name]  # back to the loss's default
+        else:
+            super().__delattr__(name)
+
+    # -- what fastai asks of a loss: activation and decodes for get_preds ------------------------
+
+    def activation(self, x: torch.Tensor) -> torch.Tensor:
+        """Model outputs -> predictions (probabilities for the classification losses), as
+        fastai's own losses give ``get_preds``; the identity where the loss says nothing."""
+        rule = _ACTIVATIONS.get(self.name.rpartition(":")[2])
+        return rule[0](x) if rule is not None else x
+
+    def decodes(self, x: torch.Tensor) -> torch.Tensor:
+        """Activated predictions -> decoded ones (class indices, 0/1 labels)."""
+        rule = _ACTIVATIONS.get(self.name.rpartition(":")[2])
+        return rule[1](x) if rule is not None else x
 
     def close(self) -> None:
         """Close the client's connections if this loss created the client."""
@@ -107,25 +180,34 @@ class RemoteLoss(nn.Module):
 
     # -- compute ---------------------------------------------------------------------------------
 
-    def forward(self, *tensors: Any, **named_tensors: Any) -> torch.Tensor:
-        """The loss of the given tensors (positional in the order of the loss's inputs)."""
+    def forward(self, *tensors: Any, **named: Any) -> torch.Tensor:
+        """The loss of the given tensors (positional in the order of the loss's inputs); a
+        keyword naming a scalar parameter (``reduction="none"``) applies to this call only."""
         spec = self.spec
-        bound = _bind(self.name, spec, tensors, named_tensors)
+        scalars, tensor_params = self._parameter_names()
+        per_call = {k: v for k, v in named.items() if k in scalars and k not in tensor_params}
+        named = {k: v for k, v in named.items() if k not in per_call}
+        params: dict[str, Any] = {}
+        for key, value in {**self.params, **per_call}.items():
+            if key in tensor_params and key not in named:
+                if value is not None:
+                    named[key] = value  # a tensor parameter travels as the tensor it is
+            elif key not in tensor_params:
+                params[key] = _scalar(value)
+        bound = _bind(self.name, spec, tensors, named)
         bound = _autocast_inputs(bound)
-        differentiable = {t.name for t in spec.inputs if t.differentiable}
-        grad = [
-            n
-            for n, t in bound.items()
-            if n in differentiable and t.requires_grad and t.is_floating_point()
-        ]
-        params = dict(self.params)
+        grad = _grad_names(spec, bound)
         if not grad or not torch.is_grad_enabled():
             return self.client.evaluate(self.name, params=params, grad=[], **bound).loss
         reduced = params.get("reduction", _default(spec, "reduction")) != "none"
-        call = _Call(self.client, self.name, params, tuple(bound), tuple(grad), eager=reduced)
+        eager = reduced and self._scalar_on_server is not False
+        call = _Call(self.client, self.name, params, tuple(bound), tuple(grad), eager=eager)
         devices = {t.device.type for t in bound.values()}
         with _autocast_off(devices):
-            return _RemoteLossFunction.apply(call, *bound.values())
+            out = _RemoteLossFunction.apply(call, *bound.values())
+        if eager:
+            self._scalar_on_server = out.dim() == 0
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,9 +228,17 @@ class _RemoteLossFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, call: _Call, *tensors: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         named = dict(zip(call.names, tensors))
-        result = call.client.evaluate(
-            call.name, params=call.params, grad=list(call.grad) if call.eager else [], **named
-        )
+        try:
+            result = call.client.evaluate(
+                call.name, params=call.params, grad=list(call.grad) if call.eager else [], **named
+            )
+        except InvalidInput as exc:
+            if not (call.eager and exc.field == "grad_loss"):
+                raise
+            # A non-scalar loss without a reduction parameter: its gradient needs the upstream
+            # one, which backward sends (the value alone now).
+            call = dataclasses.replace(call, eager=False)
+            result = call.client.evaluate(call.name, params=call.params, grad=[], **named)
         ctx.call = call
         if call.eager and result.loss.dim() == 0:
             ctx.grads = result.grads
@@ -200,13 +290,59 @@ def _bind(
         raise TypeError(
             f"{name} takes at most {len(order)} tensors ({', '.join(order)}), got {len(tensors)}"
         )
+    scalars = sorted(spec.params_schema.get("properties", {}))
     bound: dict[str, torch.Tensor] = {}
     for key, value in [*zip(order, tensors), *named.items()]:
+        if key not in order:  # neither a tensor nor a scalar parameter of the loss
+            raise unknown_input(spec.name, key, order + scalars)
         if key in bound:
             raise TypeError(f"{name} got two values for input {key!r}")
         if value is not None:
             bound[key] = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
     return bound
+
+
+def _grad_names(spec: LossSpecResponse, bound: Mapping[str, torch.Tensor]) -> list[str]:
+    """The tensors that require grad, each of which the loss must be able to differentiate."""
+    differentiable = {t.name for t in [*spec.inputs, *spec.tensor_params] if t.differentiable}
+    grad = []
+    for name, t in bound.items():
+        if not (t.requires_grad and t.is_floating_point()):
+            continue
+        if name not in differentiable:
+            raise InvalidInput(
+                f"{spec.name}: {name!r} requires grad, but the loss declares it "
+                f"non-differentiable, so it would silently get no gradient: pass "
+                f"{name}.detach(), or have the loss declare it differentiable "
+                f"(@loss(inputs={{{name!r}: {{'differentiable': True}}}}))",
+                field=name,
+            )
+        grad.append(name)
+    return grad
+
+
+def _scalar(value: Any) -> Any:
+    """A one-element tensor set as a scalar parameter (a schedule's output) -> its number."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    return value
+
+
+def _class_axis(x: torch.Tensor) -> int:
+    return 1 if x.dim() > 1 else 0
+
+
+_ACTIVATIONS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], ...]] = {
+    # loss -> (activation, decodes), as fastai's CrossEntropyLossFlat / BCEWithLogitsLossFlat
+    "cross_entropy": (
+        lambda x: x.softmax(_class_axis(x)),
+        lambda x: x.argmax(_class_axis(x)),
+    ),
+    "nll_loss": (lambda x: x.exp(), lambda x: x.argmax(_class_axis(x))),
+    "binary_cross_entropy_with_logits": (torch.sigmoid, lambda x: x > 0.5),
+    "multilabel_soft_margin_loss": (torch.sigmoid, lambda x: x > 0.5),
+    "binary_cross_entropy": (lambda x: x, lambda x: x > 0.5),
+}
 
 
 def _autocast_inputs(bound: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
