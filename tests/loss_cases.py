@@ -157,3 +157,83 @@ def grad_names(spec: Any, tensors: dict[str, torch.Tensor], *, default: bool) ->
         and tensors[t.name].is_floating_point()
         and (t.grad_by_default or not default)
     ]
+
+
+def _forms() -> dict[str, tuple[str, Callable[[torch.Generator], Case]]]:
+    """Input forms torch's losses accept besides the batched float one of `CASES`: unbatched
+    inputs and integer targets torch promotes. id -> (loss, inputs)."""
+
+    def r(*shape: int, g: torch.Generator) -> torch.Tensor:
+        return torch.randn(shape, generator=g)
+
+    def sign(*shape: int, g: torch.Generator) -> torch.Tensor:
+        return torch.randint(0, 2, shape, generator=g) * 2 - 1  # int64
+
+    def ints(g: torch.Generator, *shape: int, high: int = 4) -> torch.Tensor:
+        return torch.randint(0, high, shape, generator=g)
+
+    return {
+        "ce unbatched index": ("cross_entropy", lambda g: (
+            {"input": r(5, g=g), "target": torch.tensor(3)}, {})),
+        "ce unbatched probabilities": ("cross_entropy", lambda g: (
+            {"input": r(5, g=g), "target": r(5, g=g).softmax(0)}, {})),
+        "ce unbatched weighted": ("cross_entropy", lambda g: (
+            {"input": r(5, g=g), "target": torch.tensor(1), "weight": torch.rand(5, generator=g)},
+            {})),
+        "ce spatial": ("cross_entropy", lambda g: (
+            {"input": r(2, 3, 4, 4, g=g), "target": ints(g, 2, 4, 4, high=3)}, {})),
+        "nll unbatched": ("nll_loss", lambda g: (
+            {"input": r(5, g=g).log_softmax(0), "target": torch.tensor(2)}, {})),
+        "multi_margin unbatched": ("multi_margin_loss", lambda g: (
+            {"input": r(4, g=g), "target": torch.tensor(1)}, {})),
+        "multilabel_margin unbatched": ("multilabel_margin_loss", lambda g: (
+            {"input": r(4, g=g), "target": torch.tensor([3, 0, -1, 1])}, {})),
+        "multilabel_soft_margin unbatched": ("multilabel_soft_margin_loss", lambda g: (
+            {"input": r(4, g=g), "target": ints(g, 4, high=2).float()}, {})),
+        "multilabel_soft_margin int target": ("multilabel_soft_margin_loss", lambda g: (
+            {"input": r(3, 4, g=g), "target": ints(g, 3, 4, high=2)}, {})),
+        "cosine unbatched": ("cosine_embedding_loss", lambda g: (
+            {"input1": r(4, g=g), "input2": r(4, g=g), "target": torch.tensor(-1.0)}, {})),
+        "cosine int target": ("cosine_embedding_loss", lambda g: (
+            {"input1": r(3, 4, g=g), "input2": r(3, 4, g=g), "target": sign(3, g=g)},
+            {"margin": 0.2})),
+        "triplet unbatched": ("triplet_margin_loss", lambda g: (
+            {n: r(4, g=g) for n in ("anchor", "positive", "negative")}, {"margin": 3.0})),
+        "margin_ranking int target": ("margin_ranking_loss", lambda g: (
+            {"input1": r(5, g=g), "input2": r(5, g=g), "target": sign(5, g=g)}, {"margin": 0.1})),
+        "hinge int target": ("hinge_embedding_loss", lambda g: (
+            {"input": torch.rand(3, 4, generator=g) * 2, "target": sign(3, 4, g=g)}, {})),
+        "soft_margin int target": ("soft_margin_loss", lambda g: (
+            {"input": r(3, 4, g=g), "target": sign(3, 4, g=g)}, {})),
+        "mse int target": ("mse_loss", lambda g: (
+            {"input": r(3, 4, g=g), "target": ints(g, 3, 4)}, {})),
+        "l1 int target": ("l1_loss", lambda g: (
+            {"input": r(3, 4, g=g), "target": ints(g, 3, 4)}, {})),
+        "smooth_l1 int target": ("smooth_l1_loss", lambda g: (
+            {"input": r(3, 4, g=g), "target": ints(g, 3, 4)}, {})),
+        "poisson int counts": ("poisson_nll_loss", lambda g: (
+            {"input": r(3, 4, g=g), "target": ints(g, 3, 4)}, {})),
+        "gaussian int target": ("gaussian_nll_loss", lambda g: (
+            {"input": r(3, 4, g=g), "target": ints(g, 3, 4),
+             "var": torch.rand(3, 4, generator=g) + 0.5}, {})),
+        "gaussian one variance per sample": ("gaussian_nll_loss", lambda g: (
+            {"input": r(3, 4, g=g), "target": r(3, 4, g=g),
+             "var": torch.rand(3, 1, generator=g) + 0.5}, {})),
+        "mse scalars": ("mse_loss", lambda g: (
+            {"input": r(g=g), "target": r(g=g)}, {})),
+        "bce with logits unbatched": ("binary_cross_entropy_with_logits", lambda g: (
+            {"input": r(4, g=g), "target": torch.rand(4, generator=g)}, {})),
+        "ctc unbatched": ("ctc_loss", lambda g: (
+            {"log_probs": r(6, 4, g=g).log_softmax(1), "targets": torch.tensor([1, 2, 1]),
+             "input_lengths": torch.tensor(6), "target_lengths": torch.tensor(3)}, {})),
+    }  # fmt: skip
+
+
+FORMS = _forms()
+
+
+def make_form(form: str, seed: int = 0) -> tuple[str, dict[str, torch.Tensor], dict[str, Any]]:
+    """The loss name, inputs and parameters of one extra input form."""
+    name, build = FORMS[form]
+    tensors, params = build(torch.Generator().manual_seed(seed))
+    return name, tensors, params

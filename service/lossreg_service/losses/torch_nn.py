@@ -248,7 +248,8 @@ def kl_div(
 @loss(
     summary="Huber loss: squared below delta, absolute above.",
     tags=["regression"],
-    inputs=_ELEMENTWISE,
+    # torch's huber_loss takes an integer target forward but its backward refuses one
+    inputs={"input": _pred(), "target": _target()},
     tensor_params=_WEIGHT,
 )
 def huber_loss(
