@@ -228,3 +228,54 @@ def test_repeated_backward_accumulates_like_local(client: Client) -> None:
     with pytest.raises(RuntimeError):  # first-order only
         grad = torch.autograd.grad(loss_fn(x, y), x, create_graph=True)[0]
         grad.sum().backward()
+
+
+# -- what fastai asks of a loss -----------------------------------------------------------------
+
+
+def test_reduction_is_an_attribute_and_a_per_call_keyword(client: Client, fake: FakeServer) -> None:
+    """fastai's `loss_not_reduced` sets `.reduction` when the loss has one, else passes
+    `reduction='none'` to the call: both must give per-sample losses, then restore."""
+    loss_fn = RemoteLoss("cross_entropy", client=client)
+    x, y = torch.randn(4, 3), torch.tensor([0, 2, 1, 1])
+    assert hasattr(loss_fn, "reduction") and loss_fn.reduction == "mean"
+    loss_fn.reduction = "none"
+    torch.testing.assert_close(loss_fn(x, y), F.cross_entropy(x, y, reduction="none"))
+    loss_fn.reduction = "mean"
+    per_call = loss_fn(x, y, reduction="sum")
+    torch.testing.assert_close(per_call, F.cross_entropy(x, y, reduction="sum"))
+    assert loss_fn.params == {"reduction": "mean"}, "a keyword applies to that call only"
+    del loss_fn.reduction
+    assert loss_fn.params == {} and loss_fn.reduction == "mean"
+    assert [h["parameters"].get("reduction") for h in _infers(fake)] == ["none", "sum"]
+
+
+def test_activation_and_decodes_as_fastai_losses_give_them(client: Client) -> None:
+    x = torch.randn(5, 4)
+    ce = RemoteLoss("cross_entropy", client=client)
+    torch.testing.assert_close(ce.activation(x), x.softmax(1))
+    assert torch.equal(ce.decodes(ce.activation(x)), x.argmax(1))
+    bce = RemoteLoss("binary_cross_entropy_with_logits", client=client)
+    torch.testing.assert_close(bce.activation(x), torch.sigmoid(x))
+    assert torch.equal(bce.decodes(bce.activation(x)), torch.sigmoid(x) > 0.5)
+    mse = RemoteLoss("mse_loss", client=client)
+    assert mse.activation(x) is x and mse.decodes(x) is x  # nothing known: the identity
+
+
+def test_tensor_parameters_travel_as_inputs_and_survive_pickling(
+    client: Client, fake: FakeServer
+) -> None:
+    w = torch.tensor([0.5, 2.0, 1.0])
+    loss_fn = RemoteLoss("cross_entropy", client=client, weight=w, label_smoothing=0.1)
+    x, y = torch.randn(4, 3), torch.tensor([0, 2, 1, 1])
+    torch.testing.assert_close(loss_fn(x, y), F.cross_entropy(x, y, weight=w, label_smoothing=0.1))
+    header = _infers(fake)[-1]
+    assert [i["name"] for i in header["inputs"]] == ["input", "target", "weight"]
+    assert header["parameters"] == {"label_smoothing": 0.1}
+    copy_ = pickle.loads(pickle.dumps(loss_fn))
+    assert torch.equal(copy_.weight, w) and copy_.label_smoothing == 0.1
+    loss_fn.set_params(weight=[1.0, 1.0, 3.0])  # a list is a tensor parameter's value too
+    torch.testing.assert_close(
+        loss_fn(x, y),
+        F.cross_entropy(x, y, weight=torch.tensor([1.0, 1.0, 3.0]), label_smoothing=0.1),
+    )
