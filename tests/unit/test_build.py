@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Annotated, Literal
 
 import pydantic
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from lossreg.errors import InvalidParameter, LossRejectedInput
+from lossreg.errors import InvalidInput, InvalidParameter, LossRejectedInput
 from lossreg_service.engine import evaluate
 from lossreg_service.registry import INT_DTYPES, LossDefinition, TensorSpec, build_loss, loss
 
@@ -198,3 +199,80 @@ def test_unannotated_none_defaults_take_json_scalars_only():
     with pytest.raises(LossRejectedInput, match="untyped"):
         evaluate(built, {"input": x, "target": x}, {"scale": "abc"})
     assert evaluate(built, {"input": x, "target": x}, {"scale": 3}).loss.item() == 6.0
+
+
+# -- the tutorials' signatures, read as Python reads them ----------------------------------------
+
+
+class _FlatBase:
+    def __init__(self, loss_cls=nn.BCEWithLogitsLoss, *args, axis=-1, is_2d=True, **kwargs):
+        self.func, self.axis, self.is_2d = loss_cls(*args, **kwargs), axis, is_2d
+
+    def __call__(self, inp: Tensor, targ: Tensor) -> Tensor:
+        return self.func(inp.view(-1), targ.view(-1).float())
+
+
+class BCEFlat(_FlatBase):
+    """fastai's shape: a subclass that sets ``is_2d`` itself while its signature (as fastai's
+    ``delegates`` writes it) still shows the base's ``is_2d``."""
+
+    def __init__(self, *args, axis=-1, **kwargs):
+        super().__init__(nn.BCEWithLogitsLoss, *args, axis=axis, is_2d=False, **kwargs)
+
+
+BCEFlat.__init__.__signature__ = inspect.signature(  # type: ignore[attr-defined]
+    lambda self, axis=-1, is_2d=True, reduction="mean": None
+)
+
+
+def test_only_the_parameters_a_caller_set_reach_the_constructor() -> None:
+    built = build_loss(BCEFlat, "bce_flat")
+    x, t = torch.randn(6), torch.randint(0, 2, (6,))
+    result = evaluate(built, {"inp": x, "targ": t}, {"reduction": "sum"})
+    expected = F.binary_cross_entropy_with_logits(x, t.float(), reduction="sum")
+    torch.testing.assert_close(result.loss, expected)
+    # the default is_2d is never passed, so BCEFlat's own is_2d=False does not collide
+    torch.testing.assert_close(evaluate(built, {"inp": x, "targ": t}).loss, expected / 6)
+
+
+def test_unannotated_defaults_become_what_python_would_accept() -> None:
+    def tutorial(inputs, targets, weight=None, size_average=None, reduce=None, smooth=1):
+        return ((inputs - targets) ** 2 * (1 if weight is None else weight)).mean() + smooth
+
+    built = build_loss(tutorial, "tutorial")
+    assert [t.name for t in built.spec.tensor_params] == ["weight"]
+    assert list(built.spec.params_schema["properties"]) == ["smooth"]
+    x, t, w = torch.randn(4), torch.randn(4), torch.rand(4)
+    result = evaluate(built, {"inputs": x, "targets": t, "weight": w}, {"smooth": 1e-5})
+    torch.testing.assert_close(result.loss, ((x - t) ** 2 * w).mean() + 1e-5)
+
+
+def test_an_unannotated_none_default_that_gets_a_list_names_the_annotation_to_add() -> None:
+    def tutorial(input, target, classes=None):
+        return ((input - target) ** 2).mean()
+
+    with pytest.raises(InvalidParameter, match=r"classes: list\[float\] \| None = None") as info:
+        evaluate(build_loss(tutorial, "t"), {"input": torch.ones(2), "target": torch.ones(2)},
+                 {"classes": [1.0, 2.0]})  # fmt: skip
+    assert info.value.field == "classes"
+
+
+def test_a_plugin_declares_which_inputs_are_differentiable() -> None:
+    @loss(inputs={"target": {"grad_by_default": True}, "mask": {"differentiable": False}})
+    def masked(input: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+        return (((input - target) * mask) ** 2).mean()
+
+    built = build_loss(masked, "masked")
+    x, t, m = torch.randn(4), torch.randn(4), torch.rand(4)
+    assert set(evaluate(built, {"input": x, "target": t, "mask": m}).grads) == {"input", "target"}
+    with pytest.raises(InvalidInput, match="'mask' is not differentiable"):
+        evaluate(built, {"input": x, "target": t, "mask": m}, grad=["mask"])
+
+
+def test_a_class_docstring_is_never_inherited_from_its_base() -> None:
+    class NoDoc(nn.Module):
+        def forward(self, input: Tensor, target: Tensor) -> Tensor:
+            return (input - target).abs().mean()
+
+    spec = build_loss(NoDoc, "nodoc").spec
+    assert spec.summary == "" and spec.doc == ""
