@@ -221,6 +221,18 @@ def test_non_scalar_loss_without_grad_loss_is_refused_everywhere(
     torch.testing.assert_close(result.grads["input"], xl.grad)
 
 
+def test_v2_metadata_gives_the_loss_shape_it_knows(http: httpx.Client) -> None:
+    def loss_shape(name: str) -> tuple[list[int], str]:
+        out = http.get(f"/v2/models/{name}").json()["outputs"][0]
+        assert out["name"] == "loss"
+        return out["shape"], out["parameters"]["shape"]
+
+    assert loss_shape("per_sample_mse") == ([-1], "[N]")  # declared by the plugin
+    assert loss_shape("mse_loss") == ([-1], "[] unless reduction='none'")
+    shape, text = loss_shape("tutorial_mse")  # no reduction, nothing declared
+    assert "reduction" not in text and "undeclared" in text
+
+
 def test_remote_loss_of_a_non_scalar_plugin_backpropagates_like_local(client: Client) -> None:
     x, t = torch.randn(3, 2), torch.randn(3, 2)
     remote = RemoteLoss("per_sample_mse", client=client)

@@ -304,6 +304,9 @@ class LossSpecResponse(BaseModel):
     version: str | None
     available: bool
     error: str | None = None
+    loss_shape: str | None = Field(
+        None, description="the loss's shape, e.g. 'N' (one value per sample); None: undeclared"
+    )
 
 
 class LossListResponse(BaseModel):

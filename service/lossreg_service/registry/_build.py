@@ -262,6 +262,7 @@ def build_loss(
         entry_point=entry_point,
         distribution=distribution,
         version=version,
+        loss_shape=definition.loss_shape,
     )
     call = _make_call(target, style, call_args, ctor_args)
     unannotated = frozenset(

@@ -103,6 +103,7 @@ class LossSpec:
     version: str | None = None
     available: bool = True
     error: str | None = None
+    loss_shape: str | None = None
 
     @property
     def qualified_name(self) -> str:
@@ -134,6 +135,7 @@ class LossSpec:
             "version": self.version,
             "available": self.available,
             "error": self.error,
+            "loss_shape": self.loss_shape,
         }
 
 
@@ -154,6 +156,8 @@ class LossDefinition:
         params: per-scalar-parameter overrides: a type annotation (``Annotated[float,
             Field(ge=0)]``) replacing the signature's.
         exclude: signature arguments not to expose (deprecated knobs such as ``size_average``).
+        loss_shape: the shape the loss returns, in the inputs' dimension symbols (``"N"`` for
+            one value per sample; ``""`` for a scalar); shown in the v2 model metadata.
     """
 
     target: Any
@@ -166,6 +170,7 @@ class LossDefinition:
     )
     params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     exclude: Sequence[str] = ()
+    loss_shape: str | None = None
 
 
 _T = TypeVar("_T")
@@ -181,6 +186,7 @@ def loss(
     tensor_params: Mapping[str, TensorSpec | Mapping[str, Any]] | None = None,
     params: Mapping[str, Any] | None = None,
     exclude: Sequence[str] = (),
+    loss_shape: str | None = None,
 ) -> Callable[[_T], _T]:
     """Decorator attaching a `LossDefinition` to a loss; it registers nothing by itself.
 
@@ -200,6 +206,7 @@ def loss(
             tensor_params=dict(tensor_params or {}),
             params=dict(params or {}),
             exclude=tuple(exclude),
+            loss_shape=loss_shape,
         )
         setattr(obj, META_ATTR, definition)
         return obj

@@ -74,6 +74,19 @@ def _tensor(ts: TensorSpec, name: str | None = None) -> MetadataTensor:
     )
 
 
+def _loss_output(spec: LossSpec) -> MetadataTensor:
+    """The ``loss`` output: its declared shape, else what the ``reduction`` parameter says."""
+    if spec.loss_shape is not None:
+        symbols = spec.loss_shape.split()
+        shape = [int(t) if t.lstrip("-").isdigit() else -1 for t in symbols]
+        text = f"[{', '.join(symbols)}]"
+    elif "reduction" in spec.params_schema.get("properties", {}):
+        shape, text = [-1], "[] unless reduction='none'"
+    else:
+        shape, text = [-1], "as the loss returns it (undeclared: see the loss's loss_shape)"
+    return MetadataTensor(name=LOSS, datatype="FP32", shape=shape, parameters={"shape": text})
+
+
 def model_metadata(spec: LossSpec) -> ModelMetadataResponse:
     """A loss as a KServe model: its tensors in, ``loss`` and ``grad_<input>`` out."""
     tensors = spec.inputs + spec.tensor_params
@@ -87,14 +100,7 @@ def model_metadata(spec: LossSpec) -> ModelMetadataResponse:
                 parameters={"optional": True, "differentiable": False, "shape": "like loss"},
             )
         )
-    outputs = [
-        MetadataTensor(
-            name=LOSS,
-            datatype="FP32",
-            shape=[-1],
-            parameters={"shape": "[] unless reduction='none'"},
-        )
-    ]
+    outputs = [_loss_output(spec)]
     outputs += [_tensor(ts, GRAD_PREFIX + ts.name) for ts in tensors if ts.differentiable]
     return ModelMetadataResponse(
         name=spec.name,
