@@ -221,7 +221,10 @@ def test_non_finite_grad_loss_is_rejected(http: httpx.Client) -> None:
 
 def test_non_finite_inputs_computed_and_flagged_when_allowed(http: httpx.Client) -> None:
     arrays = nan_inputs()
-    body, headers = binary_body(arrays, nonfinite="allow", reduction="none")
+    upstream = np.ones(arrays["input"].shape, np.float32)  # a non-scalar loss needs grad_loss
+    body, headers = binary_body(
+        {**arrays, "grad_loss": upstream}, nonfinite="allow", reduction="none"
+    )
     r = http.post(INFER, content=body, headers=headers)
     assert r.status_code == 200, r.text
     length = int(r.headers["Inference-Header-Content-Length"])
