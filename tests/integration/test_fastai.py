@@ -10,6 +10,7 @@ run in their own environment (`.ci/fastai.sh`) and skip where fastai is not impo
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -194,3 +195,15 @@ def test_a_learner_trains_with_a_served_baseloss_subclass(client: Client) -> Non
     remote_learn = _fit(RemoteLoss("fastai_custom", client=client))
     local_learn = _fit(SmoothedCELossFlat())
     _same_weights(remote_learn, local_learn)
+
+
+def test_the_fastai_example_runs(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    example_path = Path(__file__).resolve().parents[2] / "examples" / "fastai_remote_loss.py"
+    spec = importlib.util.spec_from_file_location("fastai_remote_loss", example_path)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    probs, losses = example.main(["--url", url, "--epochs", "1"])
+    torch.testing.assert_close(probs.sum(1), torch.ones(len(probs)))
+    assert losses.shape == (256,) and bool((losses > 0).all())
+    assert "validation: 256 losses" in capsys.readouterr().out

@@ -36,3 +36,4 @@ def test_fastai_example_is_valid_python_that_documents_the_learner() -> None:
     compile(source, "fastai_remote_loss.py", "exec")
     assert "Learner(dls, model, loss_func=loss_func" in source
     assert 'RemoteLoss("cross_entropy", url=args.url' in source
+    # it runs for real in the fastai environment: tests/integration/test_fastai.py
