@@ -338,7 +338,8 @@ class Client(BaseClient):
             name: the loss's registry name.
             *tensors: tensors in the order of the loss's inputs (then tensor parameters).
             params: scalar parameters (``reduction``, ``margin``...).
-            grad: inputs to differentiate; None: every differentiable input sent; ``[]``: none.
+            grad: inputs to differentiate; None: every input sent that is differentiated by
+                default (predictions, not targets); ``[]``: none.
             grad_loss: the upstream gradient, shaped like the loss (``reduction='none'``).
             **named_tensors: tensors by input name.
 
@@ -364,7 +365,7 @@ class Client(BaseClient):
         Args:
             terms: `ComposeTerm`\\ s (or their dicts, or bare names): loss, weight, params, label.
             *tensors: tensors in the order of the first term's inputs.
-            grad: inputs to differentiate; None: every differentiable input sent.
+            grad: inputs to differentiate; None: those differentiated by default (not targets).
             **named_tensors: tensors by input name.
         """
         if not terms:

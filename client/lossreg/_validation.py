@@ -46,9 +46,7 @@ def check_request(
     takes_grad_loss = "grad_loss" not in names
     for name in tensors:
         if name not in names:
-            raise unknown_input(
-                spec.name, name, names + (["grad_loss"] if takes_grad_loss else [])
-            )
+            raise unknown_input(spec.name, name, names + (["grad_loss"] if takes_grad_loss else []))
     outputs = ["loss"] + [f"grad_{t.name}" for t in everything if t.differentiable]
     for name in dict.fromkeys(grad or ()):
         if f"grad_{name}" not in outputs:

@@ -120,7 +120,8 @@ def check_grad(
     tensors: Mapping[str, TensorInfo],
     grad: Sequence[str] | None,
 ) -> list[str]:
-    """The inputs to differentiate: ``grad`` checked, or (None) every differentiable one sent.
+    """The inputs to differentiate: ``grad`` checked, or (None) those sent that are differentiated
+    by default (``grad_by_default``: predictions, not targets).
 
     Raises:
         InvalidInput: a tensor no loss takes, or a gradient that cannot be computed.

@@ -324,7 +324,9 @@ class EvaluateRequest(BaseModel):
     )
     params: dict[str, Any] = Field(default_factory=dict, description="scalar parameters")
     grad: list[str] | None = Field(
-        None, description="inputs to differentiate; omitted: every differentiable input sent"
+        None,
+        description="inputs to differentiate; omitted: every input sent that is differentiated "
+        "by default (predictions; a target only when named)",
     )
     grad_loss: TensorValue | None = Field(
         None, description="upstream gradient, shaped like the loss (non-scalar losses)"

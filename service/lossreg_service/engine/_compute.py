@@ -74,7 +74,8 @@ def evaluate(
     compute_dtype: torch.dtype | None = None,
     nonfinite: str = "allow",
 ) -> Evaluation:
-    """Compute ``loss`` and its gradients with respect to ``grad`` (None: all differentiable).
+    """Compute ``loss`` and its gradients with respect to ``grad`` (None: those differentiated
+    by default: predictions, not targets).
 
     Args:
         loss: the registered loss.

@@ -4,7 +4,8 @@ A loss is a model. Its inputs are the loss's tensors (tensor parameters such as 
 optional inputs; ``grad_loss`` carries the upstream gradient), its scalar parameters come in the
 request-level ``parameters`` (protocol keys such as ``binary_data_output`` set aside), and its
 outputs are ``loss`` and ``grad_<input>``. The requested outputs decide which gradients are
-computed; with none listed, the loss and every differentiable input's gradient are returned.
+computed; with none listed, the loss and the gradient of every input differentiated by default
+(predictions; a target only when its output is listed) are returned.
 """
 
 from __future__ import annotations
