@@ -207,3 +207,24 @@ def test_intra_op_threads_share_the_cores_among_concurrent_computations(
     assert intra_op_threads(Settings(workers=1, compute_threads=2)) == 8
     assert intra_op_threads(Settings(workers=4, compute_threads=8)) == 1  # never below one
     assert intra_op_threads(Settings(intra_op_threads=3)) == 3  # an explicit setting wins
+
+
+@pytest.mark.parametrize("vmap", [False, True])
+def test_a_non_scalar_batch_without_grad_loss_is_refused_per_request(
+    registry: LossRegistry, vmap: bool
+) -> None:
+    """Batched or not, vmapped or not: the same refusal as one request alone, and with an
+    upstream gradient the same vector-Jacobian product."""
+    loss = registry.get("mse_loss")
+    g = torch.Generator().manual_seed(0)
+    inputs = [{"input": torch.randn(3, generator=g), "target": torch.randn(3, generator=g)}
+              for _ in range(3)]  # fmt: skip
+    params = {"reduction": "none"}
+    refused = evaluate_batch(loss, [(i, None) for i in inputs], params, vmap=vmap)
+    assert all(isinstance(r, InvalidInput) and r.field == "grad_loss" for r in refused)
+    up = torch.tensor([1.0, 2.0, 0.5])
+    results = evaluate_batch(loss, [(i, up) for i in inputs], params, vmap=vmap)
+    for item, result in zip(inputs, results, strict=True):
+        assert not isinstance(result, Exception)
+        alone = evaluate(loss, item, params, grad_loss=up)
+        torch.testing.assert_close(result.grads["input"], alone.grads["input"])
