@@ -117,7 +117,7 @@ def show(name: Annotated[str, typer.Argument(help="Loss name, bare or dist:name.
         table.add_row(
             t.name,
             ", ".join(t.dtypes),
-            "yes" if t.differentiable else "",
+            ("yes" if t.grad_by_default else "if asked") if t.differentiable else "",
             "yes" if t.optional else "",
             t.shape or "",
             t.doc,
