@@ -8,7 +8,6 @@ stacked points, or one by one in the same worker call for a loss vmap cannot run
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,13 +15,12 @@ import numpy as np
 import torch
 
 from lossreg.errors import InvalidInput, InvalidParameter, LossRegError, NonFiniteValue
-from lossreg.protocol import torch_name
 from lossreg.protocol.sweep import MAX_SWEEP_ELEMENTS, SweepRequest
 
 from ..engine import Evaluation, dtype_name, evaluate
 from ..engine.batching import evaluate_batch
 from ..registry import Loss
-from .dataplane import to_numpy, to_torch
+from .dataplane import to_torch
 
 __all__ = ["run_sweep"]
 
@@ -59,8 +57,7 @@ def _grid(req: SweepRequest, dtype: torch.dtype) -> list[float]:
     """The swept values, each finite in the input's dtype."""
     grid = req.sweep.grid()
     field = "sweep.values" if req.sweep.values is not None else "sweep.start"
-    with np.errstate(over="ignore"):
-        as_dtype = torch.tensor(grid, dtype=torch.float64).to(dtype)
+    as_dtype = torch.tensor(grid, dtype=torch.float64).to(dtype)  # too big: Inf, refused
     if not bool(torch.isfinite(as_dtype).all()):
         raise InvalidInput(
             f"{field}: the swept values must be finite in {dtype_name(dtype)}", field=field
@@ -68,8 +65,12 @@ def _grid(req: SweepRequest, dtype: torch.dtype) -> list[float]:
     return [float(v) for v in as_dtype.tolist()]  # the values evaluated, rounded to dtype
 
 
-def _scalar(value: float) -> float | None:
-    return value if math.isfinite(value) else None
+def _json_numbers(values: torch.Tensor) -> np.ndarray:
+    """Numbers written as ``/evaluate`` writes them: shortest in their own dtype (orjson), NaN
+    and Inf as null; bfloat16 widened to float32, which holds it exactly."""
+    if values.dtype == torch.bfloat16:
+        values = values.float()
+    return values.numpy()
 
 
 def _at_point(exc: LossRegError, k: int, x: float) -> LossRegError:
@@ -126,26 +127,28 @@ def run_sweep(
         results += evaluate_batch(loss, items[1:], req.params, grad=grad, device=device,
                                   compute_dtype=compute_dtype, nonfinite=nonfinite,
                                   vmap=True)  # fmt: skip
-    values: list[float | None] = []
-    grads: list[float | None] = []
+    losses: list[torch.Tensor] = []
+    grads: list[torch.Tensor] = []
     for k, result in enumerate(results):
         if isinstance(result, LossRegError):
             raise _at_point(result, k, grid[k]) from None
         if isinstance(result, Exception):
             raise result
-        value, datatype = to_numpy(result.loss)
-        values.append(_scalar(float(value)))
+        losses.append(result.loss.detach().cpu())
         if differentiable:
-            g = result.grads[req.sweep.input][index]
-            grads.append(_scalar(float(g)))
-    flagged = [name for name, got in (("loss", values), ("grad", grads)) if None in got]
+            grads.append(result.grads[req.sweep.input][index].detach().cpu())
+    value = _json_numbers(torch.stack(losses))
+    grad_out = _json_numbers(torch.stack(grads)) if differentiable else None
+    flagged = ["loss"] if not np.isfinite(value).all() else []
+    if grad_out is not None and not np.isfinite(grad_out).all():
+        flagged.append("grad")
     return {
         "name": loss.spec.name,
         "input": req.sweep.input,
         "index": list(index),
-        "dtype": torch_name(datatype),
-        "x": grid,
-        "loss": values,
-        "grad": grads if differentiable else None,
+        "dtype": dtype_name(losses[0].dtype),
+        "x": _json_numbers(torch.tensor(grid, dtype=tensor.dtype)),
+        "loss": value,
+        "grad": grad_out,
         "nonfinite": flagged,
     }

@@ -63,7 +63,7 @@ async def sweep(
             compute_dtype=compute_dtype,
             nonfinite=req.nonfinite or settings.nonfinite,
         )
-        return [orjson.dumps(out)]
+        return [orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY)]
 
     chunks = await executor.run(work, loss=loss.spec.name)
     return encoded_response(request, chunks, min_bytes=settings.compress_min_bytes)
