@@ -12,13 +12,20 @@ from __future__ import annotations
 from importlib.resources import files
 
 from fastapi import APIRouter, FastAPI
-from starlette.responses import HTMLResponse
-from starlette.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
+from starlette.responses import HTMLResponse, Response
 
-__all__ = ["STATIC", "install_explorer"]
+__all__ = ["ASSETS", "STATIC", "install_explorer"]
 
 STATIC = files(__name__) / "static"
 """The page's files: ``index.html``, ``explorer.js``, ``explorer.css``, ``vendor/``."""
+ASSETS = {
+    "explorer.js": ("explorer.js", "text/javascript"),
+    "explorer.css": ("explorer.css", "text/css"),
+    "uPlot.iife.min.js": ("vendor/uplot/uPlot.iife.min.js", "text/javascript"),
+    "uPlot.min.css": ("vendor/uplot/uPlot.min.css", "text/css"),
+}
+"""``/explore/static/{asset}``: a fixed list, so no request path ever reaches the filesystem."""
 
 router = APIRouter(include_in_schema=False)
 
@@ -40,7 +47,16 @@ async def explore() -> HTMLResponse:
     return _page()
 
 
+@router.get("/explore/static/{asset}")
+async def static(asset: str) -> Response:
+    """One of the page's `ASSETS`."""
+    if asset not in ASSETS:
+        raise HTTPException(404)
+    relative, media_type = ASSETS[asset]
+    body = STATIC.joinpath(*relative.split("/")).read_bytes()
+    return Response(body, media_type=media_type, headers={"Cache-Control": "no-cache"})
+
+
 def install_explorer(app: FastAPI) -> None:
-    """Serve the page at ``/`` and ``/explore``, its files under ``/explore/static``."""
+    """Serve the page at ``/`` and ``/explore``, its files at ``/explore/static/{asset}``."""
     app.include_router(router)
-    app.mount("/explore/static", StaticFiles(directory=str(STATIC)), name="explorer-static")

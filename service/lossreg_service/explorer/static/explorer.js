@@ -89,7 +89,10 @@ function errorText(err) {
 /* ---------- the catalog ---------------------------------------------------------------------- */
 
 let filterTimer = null;
+let catalogSeq = 0;
 async function loadCatalog() {
+  clearTimeout(filterTimer);
+  const seq = ++catalogSeq;  // answers may arrive out of order: only the latest query is shown
   const query = new URLSearchParams();
   const pattern = $("filter-name").value.trim();
   if (pattern) query.append("pattern", pattern.includes("*") || pattern.includes("?") ? pattern : `*${pattern}*`);
@@ -102,6 +105,7 @@ async function loadCatalog() {
     showMessage("Could not load the catalog: " + errorText(err));
     return;
   }
+  if (seq !== catalogSeq) return;
   const available = listing.losses.filter((s) => s.available);
   const unavailable = listing.losses.filter((s) => !s.available);
   if (!pattern && !tag) {
@@ -109,6 +113,7 @@ async function loadCatalog() {
     fillTags(available);
   }
   renderList(available, unavailable);
+  $("loss-list").dataset.query = query.toString();
 }
 
 function fillTags(specs) {
@@ -729,6 +734,7 @@ function serverUrl() { return window.location.origin; }
 function shellQuote(text) { return "'" + text.replace(/'/g, "'\\''") + "'"; }
 
 function curlSnippet(curve, idx) {
+  // typed tensors: a whole number stays float32 (nested lists would read -3 as int64)
   const body = { inputs: pointInputs(curve, idx), params: curve.params, grad: [curve.sweep.input] };
   const lines = [];
   if (state.keyRequired || apiKey()) lines.push("# export LOSSREG_API_KEY=<your key> first");
