@@ -201,6 +201,30 @@ def test_copied_snippets_work_when_pasted(page: Any, live_url: str, tmp_path: Pa
     assert page.console.messages == []
 
 
+def test_every_loss_plots_in_every_scenario_offered(page: Any, live_url: str) -> None:
+    _open(page, live_url)
+    defaults = {}
+    for name in _names(page):
+        _choose(page, name)
+        offered = page.eval_on_selector_all("#scenario option", "els => els.map(e => e.value)")
+        defaults[name] = offered[0]
+        for scenario in offered:
+            page.select_option("#scenario", scenario)
+            page.click("#clear-curves")
+            page.click("#add-curve")
+            (curve,) = _wait_for_curves(page, 1)
+            assert not page.is_visible("#message"), (name, scenario, page.inner_text("#message"))
+            assert curve["loss"] == name and curve["scenario"] == scenario
+            assert any(v is not None for v in curve["value"]), (name, scenario)
+    assert defaults["cross_entropy"] == "classification" and defaults["focal"] == "classification"
+    assert defaults["dice"] == defaults["lovasz_hinge"] == "segmentation"
+    assert defaults["binary_cross_entropy"] == "probability"
+    assert defaults["margin_ranking_loss"] == "pair"
+    assert defaults["triplet_margin_loss"] == "triplet"
+    assert defaults["mse_loss"] == defaults["charbonnier"] == "regression"  # the plugin too
+    assert page.console.messages == []
+
+
 def test_nonfinite_regions_are_marked_not_drawn(page: Any, live_url: str) -> None:
     _open(page, live_url)
     _choose(page, "mse_loss")

@@ -345,7 +345,8 @@ const SCENARIOS = [
   {
     id: "classification",
     label: "classification: one logit swept, target class fixed",
-    fits: (s) => s.inputs.length === 2 && /^(N|B) C/.test(s.inputs[0].shape || "") && takesInt(s.inputs[1]),
+    fits: (s) => s.inputs.length === 2 && /^(N|B) C/.test(s.inputs[0].shape || "") && takesInt(s.inputs[1])
+      && (!hasParam(s, "mode") || allowsMode(s, "multiclass")),
     controls: [["classes", 3], ["target class", 0], ["swept class", 0], ["other logits", 0]],
     range: [-6, 6],
     params: (s) => (allowsMode(s, "multiclass") ? { mode: "multiclass" } : {}),
@@ -417,7 +418,7 @@ const SCENARIOS = [
   {
     id: "triplet",
     label: "triplet: the negative moves along a line, anchor at 0",
-    fits: (s) => s.inputs.length === 3 && s.inputs.every((t) => floatOnly(t)) && /D/.test(s.inputs[0].shape || ""),
+    fits: (s) => s.inputs.length === 3 && s.inputs.every((t) => floatOnly(t) && /D/.test(t.shape || "")),
     controls: [["positive", 0.5]],
     range: [-3, 3],
     build(s, c) {
@@ -431,7 +432,8 @@ const SCENARIOS = [
   {
     id: "regression",
     label: "regression: the prediction swept around a target",
-    fits: (s) => s.inputs.length >= 2 && s.inputs.every((t) => floatOnly(t) && !/C|D/.test(t.shape || "")),
+    fits: (s) => s.inputs.length >= 2 && s.name !== "binary_cross_entropy"  // probabilities only
+      && s.inputs.every((t) => t.dtypes.includes("float32") && !/C|D/.test(t.shape || "")),
     controls: [["target", 0], ["other inputs", 1]],
     range: (s, c) => [num(c && c["target"], 0) - 3, num(c && c["target"], 0) + 3],
     build(s, c) {
@@ -442,9 +444,25 @@ const SCENARIOS = [
     },
   },
   {
+    id: "sequence",
+    label: "sequence (CTC): one log-probability swept, 2 frames, 3 symbols",
+    fits: (s) => names(s).join(",") === "log_probs,targets,input_lengths,target_lengths",
+    controls: [["target symbol", 1]],
+    range: [-6, 0],
+    build(s, c) {
+      const symbol = Math.min(2, Math.max(1, Math.round(num(c["target symbol"], 1))));
+      const logp = Math.log(1 / 3);
+      return { inputs: { log_probs: { dtype: "float32", shape: [2, 1, 3], data: Array(6).fill(logp) },
+                         targets: { dtype: "int64", shape: [1, 1], data: [symbol] },
+                         input_lengths: { dtype: "int64", shape: [1], data: [2] },
+                         target_lengths: { dtype: "int64", shape: [1], data: [1] } },
+               sweep: { input: "log_probs", index: [0, 0, symbol] } };
+    },
+  },
+  {
     id: "generic",
     label: "generic: the first differentiable input's first element",
-    fits: () => true,
+    fits: (s) => SCENARIOS.every((sc) => sc.id === "generic" || !sc.fits(s)),  // the fallback
     controls: [["other values", 0.5]],
     range: [-3, 3],
     build(s, c) {
@@ -460,7 +478,14 @@ const SCENARIOS = [
   },
 ];
 
-function scenariosFor(spec) { return SCENARIOS.filter((sc) => sc.fits(spec)); }
+/* The fitting scenarios, the most telling first: a pixel for segmentation-only losses. */
+function scenariosFor(spec) {
+  const fitting = SCENARIOS.filter((sc) => sc.fits(spec));
+  if (spec.tags.includes("segmentation") && !spec.tags.includes("classification")) {
+    fitting.sort((a, b) => (b.id === "segmentation") - (a.id === "segmentation"));
+  }
+  return fitting;
+}
 function currentScenario() { return SCENARIOS.find((sc) => sc.id === $("scenario").value); }
 
 function scenarioValues() {
