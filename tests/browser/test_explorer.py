@@ -240,7 +240,27 @@ def test_nonfinite_regions_are_marked_not_drawn(page: Any, live_url: str) -> Non
     assert "mse_loss" in note and "loss non-finite" in note and f"{len(bad)} point" in note
     page.check("#table-toggle")
     assert page.locator("#curve-table td", has_text="non-finite").count() == len(bad)
-    assert page.console.messages == []
+    assert page.console.messages == []  # before the test's own canvas readbacks (Chromium warns)
+    # shaded on the loss plot where the loss is non-finite, not where it is finite
+    assert _shade(page, "plot-value", 0.97) and not _shade(page, "plot-value", 0.1)
+    assert not _shade(page, "plot-grad", 0.97)  # the gradient is finite everywhere
+
+
+def _shade(page: Any, plot: str, fraction: float) -> bool:
+    """Whether the plot's canvas is shaded red at ``fraction`` of the x range, mid-height."""
+    r, g, b = page.evaluate(
+        """([plot, fraction]) => {
+            const canvas = document.querySelector(`#${plot} canvas`);
+            const over = document.querySelector(`#${plot} .u-over`).getBoundingClientRect();
+            const box = canvas.getBoundingClientRect();
+            const scale = canvas.width / box.width;
+            const x = (over.left - box.left + fraction * over.width) * scale;
+            const y = (over.top - box.top + over.height / 2) * scale;
+            return Array.from(canvas.getContext("2d").getImageData(x, y, 1, 1).data.slice(0, 3));
+        }""",
+        [plot, fraction],
+    )
+    return r > g + 20 and r > b + 20
 
 
 def test_api_key_prompt(page: Any, keyed_url: str, artifacts: Path) -> None:
@@ -263,5 +283,12 @@ def test_api_key_prompt(page: Any, keyed_url: str, artifacts: Path) -> None:
     page.click("#add-curve")
     (curve,) = _wait_for_curves(page, 1)
     assert curve["value"][len(curve["x"]) // 2] == 0.0  # x = target: a real answer, keyed
+    page.click("#curve-list li[data-index='0'] .copy-curl")
+    curl = page.input_value("#snippet")
+    assert API_KEY not in curl  # the snippet reads the key from the environment
+    keyed = {**os.environ, "LOSSREG_API_KEY": API_KEY}
+    out = json.loads(_run(["bash", "-c", curl], env=keyed))
+    idx = int(page.get_attribute("#cursor-point", "data-idx"))
+    assert np.float32(out["loss"]) == np.float32(curve["value"][idx])
     # the only console noise is the browser reporting the two refused requests
     assert page.console.messages and all("401" in m for m in page.console.messages)
