@@ -105,22 +105,26 @@ def _start(plugin_path: Path, logs: Path, **env: str) -> Iterator[str]:
         log.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def live_url(plugin_path: Path, artifacts: Path) -> Iterator[str]:
     """A ``lossreg serve`` process with the test plugins installed; no API keys."""
     yield from _start(plugin_path, artifacts)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def keyed_url(plugin_path: Path, artifacts: Path) -> Iterator[str]:
     """A ``lossreg serve`` process that requires ``API_KEY``."""
     yield from _start(plugin_path, artifacts, LOSSREG_API_KEYS=API_KEY)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     """Headless chromium (skips the test when Playwright or the browser is absent, unless
-    ``LOSSREG_REQUIRE_BROWSER`` is set, as in CI, where a skip would hide a broken set-up)."""
+    ``LOSSREG_REQUIRE_BROWSER`` is set, as in CI, where a skip would hide a broken set-up).
+
+    Module-scoped: Playwright's sync API keeps an event loop running in the main thread while
+    it is open, and the rest of the suite's ``asyncio.run`` calls must not find it there.
+    """
     missing = None
     try:
         from playwright import sync_api

@@ -225,6 +225,26 @@ def test_every_loss_plots_in_every_scenario_offered(page: Any, live_url: str) ->
     assert page.console.messages == []
 
 
+def test_changing_the_range_recomputes_every_curve_on_one_axis(page: Any, live_url: str) -> None:
+    _open(page, live_url)
+    _choose(page, "mse_loss")
+    page.fill("#x-points", "21")
+    page.click("#add-curve")
+    _wait_for_curves(page, 1)
+    _choose(page, "huber_loss")
+    page.fill("#x-start", "-1")
+    page.fill("#x-points", "31")
+    page.click("#add-curve")
+    mse, huber = _wait_for_curves(page, 2)
+    page.wait_for_function(
+        "() => JSON.parse(document.getElementById('plots').dataset.curves)[0].x.length === 31"
+    )
+    mse, huber = _curves(page)
+    assert mse["x"] == huber["x"] and len(mse["x"]) == 31 and mse["x"][0] == -1.0
+    assert mse["value"] == _api_sweep(live_url, mse, -1.0, 3.0, 31)["loss"]
+    assert page.console.messages == []
+
+
 def test_nonfinite_regions_are_marked_not_drawn(page: Any, live_url: str) -> None:
     _open(page, live_url)
     _choose(page, "mse_loss")

@@ -565,6 +565,7 @@ function grid() {
 
 async function sweepCurve(def) {
   const { start, stop, points } = grid();
+  const used = JSON.stringify({ start, stop, points });
   const body = {
     inputs: def.inputs,
     params: def.params,
@@ -572,7 +573,7 @@ async function sweepCurve(def) {
     nonfinite: "allow",
   };
   const out = await call("v1/losses/" + encodeURIComponent(def.loss) + "/sweep", body);
-  return { ...def, x: out.x, value: out.loss, grad: out.grad, nonfinite: out.nonfinite };
+  return { ...def, grid: used, x: out.x, value: out.loss, grad: out.grad, nonfinite: out.nonfinite };
 }
 
 async function addCurves() {
@@ -587,12 +588,13 @@ async function addCurves() {
   const button = $("add-curve");
   button.disabled = true;
   try {
+    if (state.curves.some((c) => c.grid !== JSON.stringify(grid()))) await refreshCurves();  // one x axis
     for (const params of variants) {
       const label = spec.name + (Object.keys(params).length ? ` (${describeParams(params)})` : "");
       const def = { label, loss: spec.name, params, scenario: sc.id, inputs: built.inputs, sweep: built.sweep };
       const curve = await sweepCurve(def);
       curve.color = COLORS[state.curves.length % COLORS.length];
-      state.curves.push(curve);
+      state.curves = state.curves.concat([curve]);  // a new array: see refreshCurves
     }
     hideMessage();
   } catch (err) {
@@ -605,8 +607,11 @@ async function addCurves() {
 
 async function refreshCurves() {
   if (!state.curves.length) return;
+  const before = state.curves;
   try {
-    state.curves = await Promise.all(state.curves.map((c) => sweepCurve(c).then((n) => ({ ...n, color: c.color }))));
+    const fresh = await Promise.all(before.map((c) => sweepCurve(c).then((n) => ({ ...n, color: c.color }))));
+    if (state.curves !== before) return;  // curves were added or removed meanwhile: theirs stands
+    state.curves = fresh;
     hideMessage();
   } catch (err) {
     showMessage("Could not recompute the curves: " + errorText(err));
@@ -715,7 +720,7 @@ function renderCurveList() {
     py.addEventListener("click", () => copySnippet(i, "python"));
     const remove = el("button", "remove");
     remove.type = "button";
-    remove.addEventListener("click", () => { state.curves.splice(i, 1); renderCurves(); });
+    remove.addEventListener("click", () => { state.curves = state.curves.filter((_, j) => j !== i); renderCurves(); });
     li.append(swatch, el("span", c.label), curl, py, remove);
     return li;
   }));
