@@ -245,7 +245,7 @@ def test_changing_the_range_recomputes_every_curve_on_one_axis(page: Any, live_u
     assert page.console.messages == []
 
 
-def test_nonfinite_regions_are_marked_not_drawn(page: Any, live_url: str) -> None:
+def test_nonfinite_regions_are_marked_not_drawn(page: Any, live_url: str, tmp_path: Path) -> None:
     _open(page, live_url)
     _choose(page, "mse_loss")
     page.fill("#x-start", "0")
@@ -260,6 +260,22 @@ def test_nonfinite_regions_are_marked_not_drawn(page: Any, live_url: str) -> Non
     assert "mse_loss" in note and "loss non-finite" in note and f"{len(bad)} point" in note
     page.check("#table-toggle")
     assert page.locator("#curve-table td", has_text="non-finite").count() == len(bad)
+    # the snippets for a point where the loss overflows ask the server to allow it, and run
+    page.uncheck("#table-toggle")
+    width = page.locator("#plot-value .u-over").bounding_box()["width"]
+    page.hover("#plot-value .u-over", position={"x": width - 2, "y": 40})
+    idx = int(page.get_attribute("#cursor-point", "data-idx"))
+    assert idx == len(curve["x"]) - 1 and curve["value"][idx] is None
+    page.click("#curve-list li[data-index='0'] .copy-curl")
+    out = json.loads(_run(["bash", "-c", page.input_value("#snippet")]))
+    assert out["loss"] is None and out["nonfinite"] == ["loss"]
+    assert np.float32(out["grads"]["input"]["data"][0]) == np.float32(curve["grad"][idx])
+    page.click("#curve-list li[data-index='0'] .copy-python")
+    script = tmp_path / "pasted.py"
+    script.write_text(page.input_value("#snippet"))
+    printed = _run([sys.executable, str(script)], env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert printed.startswith("loss inf grad ")
+    assert np.float32(float(printed.split()[-1])) == np.float32(curve["grad"][idx])
     assert page.console.messages == []  # before the test's own canvas readbacks (Chromium warns)
     # shaded on the loss plot where the loss is non-finite, not where it is finite
     assert _shade(page, "plot-value", 0.97) and not _shade(page, "plot-value", 0.1)

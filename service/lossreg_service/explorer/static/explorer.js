@@ -763,9 +763,14 @@ function serverUrl() { return window.location.origin; }
 
 function shellQuote(text) { return "'" + text.replace(/'/g, "'\\''") + "'"; }
 
+function nonfiniteAt(curve, idx) {
+  return curve.value[idx] === null || (curve.grad !== null && curve.grad[idx] === null);
+}
+
 function curlSnippet(curve, idx) {
   // typed tensors: a whole number stays float32 (nested lists would read -3 as int64)
   const body = { inputs: pointInputs(curve, idx), params: curve.params, grad: [curve.sweep.input] };
+  if (nonfiniteAt(curve, idx)) body.nonfinite = "allow";  // else the server's default refuses it
   const lines = [];
   if (state.keyRequired || apiKey()) lines.push("# export LOSSREG_API_KEY=<your key> first");
   lines.push(`curl -s ${serverUrl()}/v1/losses/${encodeURIComponent(curve.loss)}/evaluate \\`);
@@ -794,7 +799,8 @@ function pythonSnippet(curve, idx) {
     lines.push(`    ${JSON.stringify(name)}: np.array(${pyValue(t.data)}, dtype=np.${t.dtype}).reshape(${pyValue(t.shape)}),`);
   });
   lines.push("}");
-  lines.push(`result = client.evaluate(${JSON.stringify(curve.loss)}, params=${pyValue(curve.params)}, grad=[${JSON.stringify(curve.sweep.input)}], **tensors)`);
+  const params = nonfiniteAt(curve, idx) ? { ...curve.params, nonfinite: "allow" } : curve.params;
+  lines.push(`result = client.evaluate(${JSON.stringify(curve.loss)}, params=${pyValue(params)}, grad=[${JSON.stringify(curve.sweep.input)}], **tensors)`);
   const index = curve.sweep.index.length ? `[${curve.sweep.index.join(", ")}]` : "[()]";
   lines.push(`print("loss", float(result.loss), "grad", float(result.grads[${JSON.stringify(curve.sweep.input)}]${index}))`);
   return lines.join("\n") + "\n";
