@@ -9,6 +9,7 @@ The tests skip when Playwright or the browser is missing (``.ci/browser.sh`` ins
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -140,6 +141,28 @@ def browser() -> Iterator[Any]:
         instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield instance
         instance.close()
+
+
+FIREFOX = os.environ.get("LOSSREG_FIREFOX", "/usr/bin/firefox-esr")
+PUPPETEER_DIR = os.environ.get("LOSSREG_PUPPETEER_DIR", "")
+
+
+@pytest.fixture(scope="module")
+def firefox() -> tuple[str, str]:
+    """Firefox and the folder holding ``node_modules/puppeteer-core`` (skips without them,
+    unless ``LOSSREG_REQUIRE_BROWSER`` is set)."""
+    missing = None
+    if shutil.which("node") is None:
+        missing = "no node"
+    elif not os.access(FIREFOX, os.X_OK):
+        missing = f"no Firefox at {FIREFOX} (set LOSSREG_FIREFOX)"
+    elif not (Path(PUPPETEER_DIR) / "node_modules" / "puppeteer-core").is_dir():
+        missing = "no puppeteer-core (set LOSSREG_PUPPETEER_DIR; .ci/browser.sh installs it)"
+    if missing is not None:
+        if os.environ.get("LOSSREG_REQUIRE_BROWSER"):
+            pytest.fail(missing)
+        pytest.skip(missing)
+    return FIREFOX, PUPPETEER_DIR
 
 
 class Console:

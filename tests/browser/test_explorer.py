@@ -159,8 +159,8 @@ def test_cross_entropy_and_focal_curves_equal_the_api_and_torch(
     assert page.console.messages == []
 
 
-def _run(cmd: list[str], **kwargs: Any) -> str:
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, **kwargs)
+def _run(cmd: list[str], timeout: float = 60, **kwargs: Any) -> str:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -328,3 +328,26 @@ def test_api_key_prompt(page: Any, keyed_url: str, artifacts: Path) -> None:
     assert np.float32(out["loss"]) == np.float32(curve["value"][idx])
     # the only console noise is the browser reporting the two refused requests
     assert page.console.messages and all("401" in m for m in page.console.messages)
+
+
+def test_the_same_curves_in_firefox(
+    firefox: tuple[str, str], live_url: str, artifacts: Path
+) -> None:
+    """Firefox (over WebDriver BiDi, driven by puppeteer-core) plots the API's numbers too."""
+    binary, puppeteer = firefox
+    script = Path(__file__).with_name("firefox_smoke.cjs")
+    shot = artifacts / "explorer-firefox.png"
+    command = ["node", str(script), live_url, binary, puppeteer, str(shot)]
+    out = json.loads(_run(command, timeout=150))
+    assert out["console"] == [] and "charbonnier" in out["names"]
+    assert [c["label"] for c in out["curves"]] == [
+        "cross_entropy",
+        "focal (gamma=2)",
+        "focal (gamma=5)",
+    ]
+    start, stop, points = out["grid"]
+    for curve in out["curves"]:
+        api = _api_sweep(live_url, curve, start, stop, int(points))
+        assert curve["value"] == api["loss"] and curve["grad"] == api["grad"]
+    assert len(out["canvases"]) == 2 and all(w > 400 and h > 100 for w, h in out["canvases"])
+    assert shot.stat().st_size > 10_000
