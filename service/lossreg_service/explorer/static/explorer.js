@@ -62,7 +62,7 @@ function askForKey(reason) {
   state.keyRequired = true;
   $("key-reason").textContent = reason + " Enter one of the keys in its LOSSREG_API_KEYS.";
   $("key-form").hidden = false;
-  showMessage("This server requires an API key: nothing can be shown until you enter one above.");
+  showMessage("This server requires an API key: nothing can be shown until you enter one below.");
   $("api-key").focus();
   return new Promise((resolve) => keyWaiters.push(resolve));
 }
