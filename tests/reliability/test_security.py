@@ -176,8 +176,11 @@ OPEN = {
     "/docs",
     "/docs/oauth2-redirect",
     "/redoc",
+    "/",  # the loss explorer's page and files: no catalog; its API calls carry the key
+    "/explore",
+    "/explore/static/{asset}",
 }
-PATH_VALUES = {"name": "mse_loss", "version": "0.1.0"}
+PATH_VALUES = {"name": "mse_loss", "version": "0.1.0", "asset": "explorer.js"}
 
 
 def _routes() -> list[tuple[str, str]]:

@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from lossreg import __version__
 
 from ..engine import parse_dtype
+from ..explorer import install_explorer
 from ..settings import Settings
 from .errors import add_exception_handlers
 from .executor import ComputeExecutor, resolve_devices
@@ -25,7 +26,7 @@ from .logs import configure_logging
 from .metrics import Metrics
 from .middleware import RequestContextMiddleware
 from .openapi import install_openapi
-from .routes import health, metrics, shm, v1, v2
+from .routes import health, metrics, shm, sweep, v1, v2
 from .tuning import configure_compute
 
 __all__ = ["create_app"]
@@ -93,5 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware, metrics=metrics_)
     for router in (health.router, v2.router, v1.router, metrics.router, shm.router):
         app.include_router(router)
+    app.include_router(sweep.router)  # POST /v1/losses/{name}/sweep, for the explorer's plots
+    install_explorer(app)  # the page at / and /explore
     install_openapi(app)
     return app

@@ -19,6 +19,7 @@ from lossreg.protocol import (
     InferRequest,
     TensorPayload,
 )
+from lossreg.protocol.sweep import SweepRequest
 
 __all__ = ["install_openapi", "request_body"]
 
@@ -27,6 +28,7 @@ _BODY_MODELS: tuple[type[BaseModel], ...] = (
     EvaluateRequest,
     ComposeRequest,
     TensorPayload,
+    SweepRequest,
 )
 _REF = "#/components/schemas/{model}"
 

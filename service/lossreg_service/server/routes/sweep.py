@@ -1,0 +1,69 @@
+"""``POST /v1/losses/{name}/sweep``: a whole value-and-gradient curve in one request."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response
+
+from lossreg.protocol import Buffer, ErrorResponse
+from lossreg.protocol.sweep import MAX_SWEEP_POINTS, SweepRequest, SweepResponse
+
+from ..auth import require_api_key
+from ..body import encoded_response, read_admitted_body
+from ..deps import ExecutorDep, RegistryDep, SettingsDep
+from ..openapi import request_body
+from ..sweep import run_sweep
+from .v1 import _decode_inputs, _validate
+
+router = APIRouter(prefix="/v1", tags=["v1"], dependencies=[Depends(require_api_key)])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 422, 503, 504)
+}
+
+
+@router.post(
+    "/losses/{name}/sweep",
+    response_model=SweepResponse,
+    responses=_ERRORS,
+    openapi_extra=request_body("SweepRequest"),
+    description=(
+        "The loss and its gradient with respect to one element of one input, with that element "
+        f"set to each of up to {MAX_SWEEP_POINTS} values (`values`, or `start`/`stop`/`points`) "
+        "and every other input held fixed; computed as one batch. Validation, limits and the "
+        "non-finite policy are those of `/evaluate`; values that are NaN/Inf read null under "
+        "`nonfinite: allow`."
+    ),
+)
+async def sweep(
+    name: str,
+    request: Request,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    executor: ExecutorDep,
+) -> Response:
+    """Value and gradient of one loss along one input element (a curve for a plot)."""
+    request.state.compute = True
+    loss = registry.get(name)
+    request.state.loss = loss.spec.name
+    body = await read_admitted_body(request, executor, settings.max_request_bytes)
+    compute_dtype = request.app.state.compute_dtype
+
+    def work(device: Any) -> list[Buffer]:
+        req: SweepRequest = _validate(SweepRequest, body, "sweep request")
+        inputs, _ = _decode_inputs(req.inputs)
+        out = run_sweep(
+            loss,
+            req,
+            inputs,
+            device=device,
+            compute_dtype=compute_dtype,
+            nonfinite=req.nonfinite or settings.nonfinite,
+        )
+        return [orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY)]
+
+    chunks = await executor.run(work, loss=loss.spec.name)
+    return encoded_response(request, chunks, min_bytes=settings.compress_min_bytes)
