@@ -78,6 +78,14 @@ def _at_point(exc: LossRegError, k: int, x: float) -> LossRegError:
     return type(exc)(f"at sweep point {k} (x={x:g}): {exc.message}", field=exc.field)
 
 
+def _not_scalar(loss: Loss, what: str) -> InvalidParameter:
+    return InvalidParameter(
+        f"{loss.spec.name} returns {what} per point; a sweep needs a scalar loss "
+        "(reduction 'mean' or 'sum')",
+        field="reduction",
+    )
+
+
 def run_sweep(
     loss: Loss,
     req: SweepRequest,
@@ -116,12 +124,12 @@ def run_sweep(
         if exc.field in (None, "loss") or str(exc.field).startswith("grad_"):
             raise _at_point(exc, 0, grid[0]) from None
         raise
+    except InvalidInput as exc:
+        if exc.field == "grad_loss":  # non-scalar: a sweep has no upstream gradient to send
+            raise _not_scalar(loss, "a non-scalar loss") from None
+        raise
     if first.loss.dim() != 0:
-        raise InvalidParameter(
-            f"{loss.spec.name} returns shape {list(first.loss.shape)} per point; a sweep needs a "
-            "scalar loss (reduction 'mean' or 'sum')",
-            field="reduction",
-        )
+        raise _not_scalar(loss, f"shape {list(first.loss.shape)}")
     results: list[Evaluation | Exception] = [first]
     if len(items) > 1:
         results += evaluate_batch(loss, items[1:], req.params, grad=grad, device=device,
