@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ._server import free_port
 
-__all__ = ["CliServer", "lossreg_serve", "per_worker", "scrape"]
+__all__ = ["CliServer", "lossreg_serve", "per_worker", "scrape", "wait_workers_ready"]
 
 
 @dataclass
@@ -57,6 +57,17 @@ class CliServer:
             self.process.kill()
             self.process.wait(timeout=10)
             raise
+
+
+def wait_workers_ready(server: CliServer, workers: int, timeout: float = 90) -> None:
+    """Until ``workers`` processes have started and ten readiness probes in a row, each on a
+    fresh connection (so any worker may answer), are 200."""
+    deadline = time.monotonic() + timeout
+    while len(server.worker_pids()) < workers or not all(
+        httpx.get(server.url + "/v2/health/ready", timeout=5).status_code == 200 for _ in range(10)
+    ):
+        assert time.monotonic() < deadline, server.log.read_text()
+        time.sleep(0.2)
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

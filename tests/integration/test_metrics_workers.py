@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ._cli_server import CliServer, lossreg_serve, per_worker, scrape
+from ._cli_server import lossreg_serve, per_worker, scrape, wait_workers_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -31,15 +31,6 @@ def _evaluate(url: str) -> None:
     assert r.status_code == 200 and r.json()["loss"] == 5.0, r.text
 
 
-def _both_workers_ready(server: CliServer) -> None:
-    deadline = time.monotonic() + 90
-    while len(server.worker_pids()) < 2 or not all(
-        httpx.get(server.url + "/v2/health/ready", timeout=5).status_code == 200 for _ in range(10)
-    ):
-        assert time.monotonic() < deadline, server.log.read_text()
-        time.sleep(0.2)
-
-
 def _serve_two_workers(tmp_path: Path):  # noqa: ANN202 - a context manager
     return lossreg_serve(
         ["serve", "--workers", "2", "--device", "cpu"], {"LOSSREG_DRAIN_S": "0"}, tmp_path
@@ -48,7 +39,7 @@ def _serve_two_workers(tmp_path: Path):  # noqa: ANN202 - a context manager
 
 def test_every_scrape_counts_every_request_of_both_workers(tmp_path: Path) -> None:
     with _serve_two_workers(tmp_path) as server:
-        _both_workers_ready(server)
+        wait_workers_ready(server, 2)
         made = 0
         history: list[float] = []
         # Batches of requests, each followed by several scrapes on fresh connections: every
@@ -75,7 +66,7 @@ def test_every_scrape_counts_every_request_of_both_workers(tmp_path: Path) -> No
 
 def test_a_killed_worker_keeps_its_counts_and_loses_its_gauges(tmp_path: Path) -> None:
     with _serve_two_workers(tmp_path) as server:
-        _both_workers_ready(server)
+        wait_workers_ready(server, 2)
         for _ in range(10):
             _evaluate(server.url)
         # A request whose body never finishes arriving: in flight in one worker.
@@ -104,7 +95,7 @@ def test_a_killed_worker_keeps_its_counts_and_loses_its_gauges(tmp_path: Path) -
         while len(server.worker_pids() - {busy[0]}) < 2:
             assert time.monotonic() < deadline, server.log.read_text()
             time.sleep(0.2)
-        _both_workers_ready(server)
+        wait_workers_ready(server, 2)
         for _ in range(5):
             samples = scrape(server.url)
             assert samples[IN_FLIGHT] == 1  # only the scrape itself

@@ -8,18 +8,28 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, FastAPI, Request
+
+from lossreg.errors import ServerNotReady
 
 from ..registry import LossRegistry
 from ..settings import Settings
 from .executor import ComputeExecutor
 from .metrics import Metrics
 
-__all__ = ["ExecutorDep", "MetricsDep", "RegistryDep", "SettingsDep"]
+__all__ = ["ExecutorDep", "MetricsDep", "RegistryDep", "SettingsDep", "loaded_registry"]
+
+
+def loaded_registry(app: FastAPI) -> LossRegistry:
+    """The app's registry; `ServerNotReady` (503) while it is still loading (readiness.py)."""
+    registry: LossRegistry | None = getattr(app.state, "registry", None)
+    if registry is None:
+        raise ServerNotReady("the loss registry is still loading; retry shortly", retry_after=1)
+    return registry
 
 
 async def get_registry(request: Request) -> LossRegistry:
-    return request.app.state.registry  # type: ignore[no-any-return]
+    return loaded_registry(request.app)
 
 
 async def get_settings(request: Request) -> Settings:
