@@ -4,6 +4,7 @@
   or the error code, e.g. ``invalid_tensor``, ``server_busy``).
 - ``lossreg_request_duration_seconds{route, method}``: whole request, every route.
 - ``lossreg_queue_duration_seconds{device}`` / ``lossreg_compute_duration_seconds{loss, device}``.
+- ``lossreg_batch_size{device}``: requests per dynamic batch.
 - ``lossreg_requests_in_flight``, ``lossreg_requests_queued{device}``,
   ``lossreg_requests_running{device}``.
 - ``lossreg_device_memory_bytes{device, kind}``: CUDA allocated/reserved; the resident memory of
@@ -137,6 +138,13 @@ class Metrics:
             "Decode + evaluate + encode time on a worker",
             ["loss", "device"],
             buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "lossreg_batch_size",
+            "Requests computed together in one dynamic batch",
+            ["device"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             registry=r,
         )
         self.in_flight = Gauge(
