@@ -23,7 +23,7 @@ async def live() -> ServerLiveResponse:
 
 _NOT_READY = {
     503: {
-        "description": "Not ready: `{\"ready\": false, \"reasons\": [...]}` (the registry is "
+        "description": 'Not ready: `{"ready": false, "reasons": [...]}` (the registry is '
         "loading, a configured device is unusable, or the server is shutting down)"
     }
 }
