@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ClassVar
 
@@ -22,6 +23,12 @@ from ._cli_server import lossreg_serve, wait_workers_ready
 from ._server import serve
 
 BODY = {"inputs": {"input": [1.0, 3.0], "target": [0.0, 0.0]}}
+V2 = {
+    "inputs": [
+        {"name": "input", "shape": [2], "datatype": "FP32", "data": [1.0, 3.0]},
+        {"name": "target", "shape": [2], "datatype": "FP32", "data": [0.0, 0.0]},
+    ]
+}
 
 
 def _ready(url: str) -> httpx.Response:
@@ -46,29 +53,43 @@ class GatedSettings(Settings):
         return super().build_registry()
 
 
-def test_not_ready_while_the_registry_loads() -> None:
+def test_not_ready_while_the_registry_loads_and_requests_wait_for_it() -> None:
     GatedSettings.gate.clear()
     with serve(GatedSettings(device="cpu", log_level="warning"), ready=False) as url:
+        with ThreadPoolExecutor(2) as pool:
+            try:
+                r = _ready(url)
+                assert r.status_code == 503
+                assert r.json() == {"ready": False, "reasons": ["loading the loss registry"]}
+                assert httpx.get(f"{url}/v2/health/live").json() == {"live": True}
+                # Requests sent now (v1, and v2 through the inference fast path) wait for it.
+                v1 = pool.submit(
+                    httpx.post, f"{url}/v1/losses/mse_loss/evaluate", json=BODY, timeout=30
+                )
+                v2 = pool.submit(httpx.post, f"{url}/v2/models/mse_loss/infer", json=V2, timeout=30)
+                time.sleep(0.5)
+                assert not v1.done() and not v2.done()
+                assert _ready(url).status_code == 503
+            finally:
+                GatedSettings.gate.set()
+            assert v1.result().status_code == 200 and v1.result().json()["loss"] == 5.0
+            assert v2.result().status_code == 200
+        _until_ready(url, 60)
+        assert _ready(url).json() == {"ready": True}
+
+
+def test_requests_waiting_for_the_registry_get_503_at_the_compute_timeout() -> None:
+    GatedSettings.gate.clear()
+    settings = GatedSettings(device="cpu", log_level="warning", compute_timeout_s=0.5)
+    with serve(settings, ready=False) as url:
         try:
-            r = _ready(url)
-            assert r.status_code == 503
-            assert r.json() == {"ready": False, "reasons": ["loading the loss registry"]}
-            assert httpx.get(f"{url}/v2/health/live").json() == {"live": True}
-            busy = httpx.post(f"{url}/v1/losses/mse_loss/evaluate", json=BODY)
+            busy = httpx.post(f"{url}/v1/losses/mse_loss/evaluate", json=BODY, timeout=30)
             assert busy.status_code == 503 and busy.json()["code"] == "server_not_ready"
             assert int(busy.headers["Retry-After"]) >= 1
-            infer = httpx.post(
-                f"{url}/v2/models/mse_loss/infer",
-                json={"inputs": [{"name": "input", "shape": [1], "datatype": "FP32", "data": [1]}]},
-            )
-            assert infer.status_code == 503 and infer.json()["code"] == "server_not_ready"
             assert httpx.get(f"{url}/v2/models/mse_loss/ready").status_code == 503
         finally:
             GatedSettings.gate.set()
         _until_ready(url, 60)
-        assert _ready(url).json() == {"ready": True}
-        ok = httpx.post(f"{url}/v1/losses/mse_loss/evaluate", json=BODY)
-        assert ok.status_code == 200 and ok.json()["loss"] == 5.0
 
 
 def device_error_loss(input: Tensor) -> Tensor:

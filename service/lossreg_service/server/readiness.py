@@ -4,8 +4,10 @@
 so Kubernetes, KServe and load balancers route only to a server that can answer:
 
 - the registry has loaded: the server listens at once and discovers plugins in the background,
-  so liveness answers while a slow plugin imports (with ``LOSSREG_STRICT_PLUGINS`` the load
-  happens before the port opens instead, and a failure stops start-up);
+  so liveness answers while a slow plugin imports; requests that arrive meanwhile wait for the
+  load (as they would in the listen queue), up to ``LOSSREG_COMPUTE_TIMEOUT_S`` (with
+  ``LOSSREG_STRICT_PLUGINS`` the load happens before the port opens instead, and a failure
+  stops start-up);
 - every configured device is usable: each is checked with a tiny computation at start, and a
   computation that fails with a device error (a CUDA error, not an out-of-memory one) marks its
   device unusable until a re-check every `DEVICE_CHECK_INTERVAL_S` passes;
@@ -75,6 +77,7 @@ class Readiness:
     def __init__(self) -> None:
         self.loading = True
         self.load_error: str | None = None
+        self.load_ended = asyncio.Event()  # set once the registry has loaded or failed to
         self.draining = False
         self.executor: ComputeExecutor | None = None
 
@@ -146,8 +149,10 @@ async def _load(app: FastAPI, settings: Settings, readiness: Readiness) -> None:
     except Exception as exc:  # noqa: BLE001 - stays unready, and says why
         log.exception("the loss registry failed to load")
         readiness.load_error = f"the loss registry failed to load: {type(exc).__name__}: {exc}"
+        readiness.load_ended.set()
         return
     app.state.registry = registry
+    readiness.load_ended.set()
     await _check_devices(app.state.executor, only_unusable=False)
     readiness.loading = False
     devices = ", ".join(p.label for p in app.state.executor.pools)
@@ -186,6 +191,7 @@ async def lifecycle(
     tasks: list[asyncio.Task[None]] = []
     if settings.strict_plugins:
         app.state.registry = settings.build_registry()  # a failure stops start-up
+        readiness.load_ended.set()
         await _check_devices(app.state.executor, only_unusable=False)
         readiness.loading = False
     else:
