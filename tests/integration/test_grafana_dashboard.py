@@ -30,8 +30,8 @@ _SELECTOR = re.compile(r"\b(lossreg_[a-zA-Z0-9_]+)\{([^}]*)\}")
 
 
 @pytest.fixture(scope="module")
-def exported() -> Iterator[dict[str, set[str]]]:
-    """Sample name -> its label names, scraped after real traffic."""
+def exported() -> Iterator[dict[str, list[dict[str, str]]]]:
+    """Sample name -> the label sets of its samples, scraped after real traffic."""
     settings = Settings(device="cpu", log_level="warning", batch_max_delay_us=2000)
     with serve(settings) as url:
         body = {
@@ -51,10 +51,10 @@ def exported() -> Iterator[dict[str, set[str]]]:
         ev = {"inputs": {"input": [1.0], "target": [0.0]}}
         assert httpx.post(f"{url}/v1/losses/mse_loss/evaluate", json=ev).status_code == 200
         text = httpx.get(f"{url}/metrics").text
-    out: dict[str, set[str]] = {}
+    out: dict[str, list[dict[str, str]]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            out.setdefault(sample.name, set()).update(sample.labels)
+            out.setdefault(sample.name, []).append(sample.labels)
     yield out
 
 
@@ -64,17 +64,22 @@ def test_the_dashboard_has_queries() -> None:
 
 @pytest.mark.parametrize(("title", "expr"), QUERIES, ids=[f"{t}:{e[:40]}" for t, e in QUERIES])
 def test_query_names_exported_metrics_and_labels(
-    exported: dict[str, set[str]], title: str, expr: str
+    exported: dict[str, list[dict[str, str]]], title: str, expr: str
 ) -> None:
     names = _METRIC.findall(expr)
     assert names, f"{title}: no lossreg metric in {expr}"
     for name in names:
         assert name in exported, f"{title}: {name} is not exported"
-    labels = set().union(*(exported[n] for n in names))
+    labels = {label for n in names for sample in exported[n] for label in sample}
     for group in _GROUPING.findall(expr):
         for label in filter(None, (x.strip() for x in group.split(","))):
             assert label in labels, f"{title}: no label {label!r} on {names}"
     for name, selector in _SELECTOR.findall(expr):
         for matcher in filter(None, (m.strip() for m in selector.split(","))):
-            label = re.split(r"[=!~]", matcher, maxsplit=1)[0].strip()
-            assert label in exported[name], f"{title}: no label {label!r} on {name}"
+            label, op, value = re.fullmatch(r'(\w+)\s*(=~|!~|!=|=)\s*"(.*)"', matcher).groups()
+            values = [sample[label] for sample in exported[name] if label in sample]
+            assert values, f"{title}: no label {label!r} on {name}"
+            if op == "=~":  # PromQL anchors the regex: it must select some exported series
+                assert any(re.fullmatch(value, v) for v in values), f"{title}: {matcher}"
+            elif op == "=":
+                assert value in values, f"{title}: {matcher}"
