@@ -231,14 +231,17 @@ def serve(
         if value is not None:
             os.environ[f"LOSSREG_{key}"] = str(value)
     settings = Settings()
-    uvicorn.run(
-        "lossreg_service.server:create_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_level=settings.log_level.lower(),
-    )
+    from .server.metrics import multiprocess_dir
+
+    with multiprocess_dir():  # whole-server metrics across workers; removed on exit
+        uvicorn.run(
+            "lossreg_service.server:create_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_level=settings.log_level.lower(),
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -70,6 +70,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Responses at least this big are compressed if Accept-Encoding asks.",
     )
+    drain_s: float = Field(
+        5.0,
+        ge=0,
+        description="On SIGTERM, answer not-ready and keep serving this long before shutting "
+        "down, so load balancers stop sending first.",
+    )
     nonfinite: Literal["reject", "allow"] = Field(
         "reject",
         description="NaN/Inf in inputs or results: reject (422 non_finite) or allow (computed, "

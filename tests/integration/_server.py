@@ -3,8 +3,9 @@
     with serve(Settings(api_keys=["k"])) as base_url:
         httpx.get(f"{base_url}/v2/health/ready")
 
-The server binds 127.0.0.1 on a free port, is ready (lifespan done) when the block starts, and
-is shut down cleanly when it ends. Reused by the server and client tests: keep it stable.
+The server binds 127.0.0.1 on a free port, is ready (``/v2/health/ready`` answers 200) when the
+block starts, and is shut down cleanly when it ends. Reused by the server and client tests:
+keep it stable.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import threading
 import time
 from collections.abc import Iterator
 
+import httpx
 import uvicorn
 from fastapi import FastAPI
 
 from lossreg_service.server import create_app
 from lossreg_service.settings import Settings
 
-__all__ = ["free_port", "serve"]
+__all__ = ["free_port", "serve", "wait_ready"]
 
 
 def free_port() -> int:
@@ -29,6 +31,19 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wait_ready(url: str, deadline: float) -> None:
+    """Poll ``GET /v2/health/ready`` until 200 (the registry loads after the port opens)."""
+    while True:
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not turn ready in time")
+        time.sleep(0.02)
 
 
 class _ThreadServer(uvicorn.Server):
@@ -42,13 +57,15 @@ def serve(
     *,
     app: FastAPI | None = None,
     startup_timeout: float = 60.0,
+    ready: bool = True,
 ) -> Iterator[str]:
     """Yield the base URL (``http://127.0.0.1:<port>``) of a server running ``settings``.
 
     Args:
         settings: the app's settings (default: the environment's, quiet logs).
         app: an app already built (tests that add a route); ``settings`` is then ignored.
-        startup_timeout: seconds to wait for the lifespan (registry build) to finish.
+        startup_timeout: seconds to wait for the server to turn ready.
+        ready: wait for ``/v2/health/ready`` (False: yield as soon as the port is open).
     """
     if app is None:
         app = create_app(settings or Settings(log_level="warning"))
@@ -73,8 +90,11 @@ def serve(
             server.should_exit = True
             raise TimeoutError(f"the test server did not start within {startup_timeout} s")
         time.sleep(0.01)
+    url = f"http://127.0.0.1:{port}"
     try:
-        yield f"http://127.0.0.1:{port}"
+        if ready:
+            wait_ready(url, deadline)
+        yield url
     finally:
         server.should_exit = True
         thread.join(timeout=10)

@@ -22,7 +22,7 @@ from lossreg.protocol import encode_body, encode_tensor
 from lossreg_service.registry import LossRegistry
 from lossreg_service.server import create_app
 from lossreg_service.settings import Settings
-from tests.integration._server import free_port
+from tests.integration._server import free_port, wait_ready
 
 RELEASE = threading.Event()
 """Set to let every `hanging_loss` computation end (tests set it when they are done)."""
@@ -120,6 +120,7 @@ def running(settings: Settings, *, graceful_s: float = 10.0) -> Iterator[Running
         time.sleep(0.01)
     handle = Running(f"http://127.0.0.1:{port}", server, thread)
     try:
+        wait_ready(handle.url, deadline)
         yield handle
     finally:
         handle.stop()

@@ -1,6 +1,6 @@
 """docker-compose.yml, validated against the Compose Specification's schema and read for the
 promises the README makes: `docker compose up` starts the GPU service, `--profile cpu` runs without
-GPUs, `--profile monitoring` adds Prometheus scraping /metrics.
+GPUs, `--profile monitoring` adds Prometheus scraping /metrics and Grafana with a dashboard.
 """
 
 from __future__ import annotations
@@ -94,10 +94,11 @@ def test_cpu_profile_runs_without_any_gpu_service() -> None:
         assert services[name]["build"]["target"] == "cpu"
 
 
-def test_monitoring_profile_adds_prometheus_to_either_service() -> None:
-    assert started(["gpu", "monitoring"]) == {"lossreg", "prometheus"}
-    assert started(["cpu", "monitoring"]) == {"lossreg-cpu", "prometheus"}
-    assert started([], {"COMPOSE_PROFILES": "gpu,monitoring"}) == {"lossreg", "prometheus"}
+def test_monitoring_profile_adds_prometheus_and_grafana_to_either_service() -> None:
+    monitoring = {"prometheus", "grafana"}
+    assert started(["gpu", "monitoring"]) == {"lossreg", *monitoring}
+    assert started(["cpu", "monitoring"]) == {"lossreg-cpu", *monitoring}
+    assert started([], {"COMPOSE_PROFILES": "gpu,monitoring"}) == {"lossreg", *monitoring}
 
 
 def test_gpu_service_reserves_nvidia_gpus() -> None:
@@ -152,7 +153,36 @@ def test_prometheus_scrapes_the_lossreg_metrics_under_either_profile() -> None:
     assert job["metrics_path"] == "/metrics"
     (targets,) = [c["targets"] for c in job["static_configs"]]
     for profile in ("gpu", "cpu"):
-        (lossreg,) = started([profile]) - {"prometheus"}
+        (lossreg,) = started([profile]) - {"prometheus", "grafana"}
         aliases = services[lossreg].get("networks", {}).get("default", {}).get("aliases", [])
         reachable = {f"{host}:{CONTAINER_PORT}" for host in [lossreg, *aliases]}
         assert set(targets) & reachable, (profile, targets)
+
+
+def _mounted(service: dict[str, Any], target: str) -> Path:
+    (source,) = [v.split(":")[0] for v in service["volumes"] if v.split(":")[1] == target]
+    return REPO / source
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_lossreg_dashboard() -> None:
+    services = compose()["services"]
+    grafana = services["grafana"]
+    provisioning = _mounted(grafana, "/etc/grafana/provisioning")
+    (datasource,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
+    assert datasource["type"] == "prometheus"
+    prometheus_port = services["prometheus"]["ports"][0].rsplit(":", 1)[1].strip('"')
+    assert datasource["url"] == f"http://prometheus:{prometheus_port}"
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "lossreg.yml").read_text())[
+        "providers"
+    ]
+    dashboards = _mounted(grafana, provider["options"]["path"])
+    dashboard = json.loads((dashboards / "lossreg.json").read_text())
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == f"{provider['options']['path']}/lossreg.json"
+    uids = {t["datasource"]["uid"] for p in dashboard["panels"] for t in [p, *p["targets"]]}
+    assert uids == {datasource["uid"]}  # every panel and query reads the provisioned source
+    titles = " ".join(p["title"].lower() for p in dashboard["panels"])
+    for topic in ("request rate", "latency", "queue", "memory", "batch"):
+        assert topic in titles

@@ -26,6 +26,7 @@ from .logs import configure_logging
 from .metrics import Metrics
 from .middleware import RequestContextMiddleware
 from .openapi import install_openapi
+from .readiness import Readiness, lifecycle
 from .routes import health, metrics, shm, sweep, v1, v2
 from .tuning import configure_compute
 
@@ -60,7 +61,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.registry = settings.build_registry()
         app.state.executor = ComputeExecutor(
             devices,
             threads=settings.compute_threads,
@@ -70,13 +70,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics=metrics_,
         )
         app.state.batcher = configure_compute(app.state.executor, settings)
-        log.info(
-            "serving %d losses on %s",
-            len(app.state.registry),
-            ", ".join(str(d) for d in devices),
-        )
         try:
-            yield
+            # The registry loads here (in the background unless plugins are strict).
+            async with lifecycle(app, settings, app.state.readiness, metrics_):
+                yield
         finally:
             app.state.executor.shutdown()
 
@@ -88,6 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics_
+    app.state.registry = None  # until the lifespan has loaded it
+    app.state.readiness = Readiness()
     app.state.compute_dtype = compute_dtype
     add_exception_handlers(app)
     app.add_middleware(InferFastPath)  # inside the request-context middleware

@@ -147,6 +147,7 @@ class DynamicBatcher:
         self.executor.metrics.queue_seconds.labels(device=pool.label).observe(
             asyncio.get_running_loop().time() - start
         )
+        self.executor.metrics.batch_size.labels(device=pool.label).observe(len(batch))
         try:
             results = await self.executor.execute(
                 pool, lambda device: queue.run(items, device), loss=queue.label, start=start

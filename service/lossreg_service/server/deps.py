@@ -6,20 +6,53 @@ pool, a thread hand-off per dependency per request (most of a small request's co
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, FastAPI, Request
+
+from lossreg.errors import ServerNotReady
 
 from ..registry import LossRegistry
 from ..settings import Settings
 from .executor import ComputeExecutor
 from .metrics import Metrics
 
-__all__ = ["ExecutorDep", "MetricsDep", "RegistryDep", "SettingsDep"]
+__all__ = [
+    "ExecutorDep",
+    "MetricsDep",
+    "RegistryDep",
+    "SettingsDep",
+    "loaded_registry",
+    "registry_when_loaded",
+]
+
+
+def loaded_registry(app: FastAPI) -> LossRegistry:
+    """The app's registry; `ServerNotReady` (503) while it is still loading (readiness.py)."""
+    registry: LossRegistry | None = getattr(app.state, "registry", None)
+    if registry is None:
+        raise ServerNotReady("the loss registry is still loading; retry shortly", retry_after=1)
+    return registry
+
+
+async def registry_when_loaded(app: FastAPI) -> LossRegistry:
+    """The app's registry, waiting for it while it loads (at most the compute timeout), as a
+    request would wait in the listen queue of a server that has not opened its port yet."""
+    if getattr(app.state, "registry", None) is None:
+        readiness = app.state.readiness
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(
+                readiness.load_ended.wait(), app.state.settings.compute_timeout_s
+            )
+        if readiness.load_error:
+            raise ServerNotReady(readiness.load_error, retry_after=1)
+    return loaded_registry(app)
 
 
 async def get_registry(request: Request) -> LossRegistry:
-    return request.app.state.registry  # type: ignore[no-any-return]
+    return await registry_when_loaded(request.app)
 
 
 async def get_settings(request: Request) -> Settings:

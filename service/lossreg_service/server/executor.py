@@ -24,10 +24,11 @@ from typing import Any, TypeVar
 
 import torch
 
-from lossreg.errors import ComputeTimeout, ServerBusy
+from lossreg.errors import ComputeTimeout, ServerBusy, ServerNotReady
 
 from ..engine import resolve_device
 from .metrics import Metrics
+from .readiness import device_failure
 
 log = logging.getLogger("lossreg.server")
 
@@ -74,6 +75,8 @@ class DevicePool:
     running: int = 0
     waiting: int = 0
     abandoned: int = 0  # computations given up after the timeout (their threads replaced)
+    unusable: str | None = None  # why the device cannot compute (see readiness.py), or None
+    unusable_since: float = 0.0  # time.monotonic() when it was found unusable
 
     @property
     def label(self) -> str:
@@ -132,7 +135,8 @@ class ComputeExecutor:
         return [p.device for p in self.pools]
 
     def _pick(self) -> DevicePool:
-        return min(self.pools, key=lambda p: p.load)
+        usable = [p for p in self.pools if p.unusable is None] or self.pools
+        return min(usable, key=lambda p: p.load)
 
     def pick(self) -> DevicePool:
         """The device with the least work (running + waiting)."""
@@ -153,6 +157,11 @@ class ComputeExecutor:
     def admit(self) -> DevicePool:
         """The device with the least work, or `ServerBusy` when even its queue is full."""
         pool = self._pick()
+        if pool.unusable is not None:
+            raise ServerNotReady(
+                f"device {pool.label} is unusable ({pool.unusable}); retry later",
+                retry_after=self.retry_after_s,
+            )
         if pool.full:
             raise ServerBusy(
                 f"all {pool.threads} workers of {pool.label} are busy and {pool.waiting} "
@@ -235,6 +244,17 @@ class ComputeExecutor:
         start = time.perf_counter()
         try:
             return fn(pool.device)
+        except Exception as exc:
+            if (why := device_failure(exc)) is None:
+                raise
+            if pool.unusable is None:
+                pool.unusable_since = time.monotonic()
+                pool.unusable = why  # readiness turns false until a device check passes
+                log.error("device %s is unusable: %s", pool.label, why)
+            # Not the request's fault: 503, so the client retries (on another replica).
+            raise ServerNotReady(
+                f"device {pool.label} failed ({why}); retry later", retry_after=self.retry_after_s
+            ) from exc
         finally:
             self.metrics.compute_seconds.labels(loss=loss or "-", device=pool.label).observe(
                 time.perf_counter() - start

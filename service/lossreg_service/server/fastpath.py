@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .auth import require_api_key
+from .deps import registry_when_loaded
 from .routes.v2 import _infer, _resolve
 
 __all__ = ["InferFastPath"]
@@ -49,7 +50,7 @@ class InferFastPath:
         request = Request(scope, receive, send)
         try:
             await require_api_key(request)
-            loss = _resolve(request, app.state.registry, match.group(1))
+            loss = _resolve(request, await registry_when_loaded(app), match.group(1))
             response = await _infer(request, loss, app.state.settings, app.state.executor)
         except Exception as exc:
             handler = _handler(app, exc)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 
 from lossreg import __version__
 from lossreg.protocol import ServerLiveResponse, ServerMetadataResponse, ServerReadyResponse
 
-from ..deps import RegistryDep, SettingsDep
+from ..deps import SettingsDep
 
 router = APIRouter(prefix="/v2", tags=["health"])
 
@@ -20,10 +21,21 @@ async def live() -> ServerLiveResponse:
     return ServerLiveResponse(live=True)
 
 
-@router.get("/health/ready", response_model=ServerReadyResponse)
-async def ready(registry: RegistryDep) -> ServerReadyResponse:
-    """The registry is built (the lifespan finished); losses can be served."""
-    return ServerReadyResponse(ready=registry is not None)
+_NOT_READY = {
+    503: {
+        "description": 'Not ready: `{"ready": false, "reasons": [...]}` (the registry is '
+        "loading, a configured device is unusable, or the server is shutting down)"
+    }
+}
+
+
+@router.get("/health/ready", response_model=ServerReadyResponse, responses=_NOT_READY)
+async def ready(request: Request) -> ServerReadyResponse | JSONResponse:
+    """200 when the server should get traffic; 503 with the reasons when it should not."""
+    readiness = request.app.state.readiness
+    if readiness.ready:
+        return ServerReadyResponse(ready=True)
+    return JSONResponse({"ready": False, "reasons": readiness.reasons()}, status_code=503)
 
 
 @router.get("", response_model=ServerMetadataResponse)
