@@ -28,6 +28,8 @@ from .dtypes import (
     numpy_dtype,
     torch_name,
 )
+from .extensions import *  # noqa: F403
+from .extensions import __all__ as _extension_names
 from .schemas import *  # noqa: F403
 from .schemas import __all__ as _schema_names
 from .tensors import (
@@ -80,4 +82,5 @@ __all__ = [
     "split_body",
     "torch_name",
     *_schema_names,
+    *_extension_names,
 ]

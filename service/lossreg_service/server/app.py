@@ -25,7 +25,9 @@ from .logs import configure_logging
 from .metrics import Metrics
 from .middleware import RequestContextMiddleware
 from .openapi import install_openapi
-from .routes import health, metrics, shm, v1, v2
+from .pipeline import DataPlane
+from .routes import health, metrics, repository, shm, v1, v2
+from .statistics import LocalStatistics
 from .tuning import configure_compute
 
 __all__ = ["create_app"]
@@ -69,14 +71,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics=metrics_,
         )
         app.state.batcher = configure_compute(app.state.executor, settings)
+        app.state.dataplane = DataPlane(
+            settings, app.state.executor, app.state.batcher, compute_dtype, app.state.statistics
+        )
         log.info(
             "serving %d losses on %s",
             len(app.state.registry),
             ", ".join(str(d) for d in devices),
         )
+        grpc_server = None
+        if settings.grpc_port:  # imported only when on: grpcio is not needed otherwise
+            from .grpc.server import GrpcServer
+
+            grpc_server = GrpcServer(app, settings)
+            app.state.grpc_port = await grpc_server.start()
         try:
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop()
             app.state.executor.shutdown()
 
     app = FastAPI(
@@ -88,10 +101,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics_
     app.state.compute_dtype = compute_dtype
+    app.state.statistics = LocalStatistics()  # per process; see statistics.StatisticsStore
     add_exception_handlers(app)
     app.add_middleware(InferFastPath)  # inside the request-context middleware
     app.add_middleware(RequestContextMiddleware, metrics=metrics_)
-    for router in (health.router, v2.router, v1.router, metrics.router, shm.router):
+    routers = (health, repository, v2, v1, metrics, shm)  # repository before v2: /models/stats
+    for router in (r.router for r in routers):
         app.include_router(router)
     install_openapi(app)
     return app

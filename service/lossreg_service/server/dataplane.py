@@ -9,6 +9,7 @@ words and is viewed as ``torch.bfloat16``.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -74,10 +75,13 @@ class Result:
     grads: dict[str, tuple[np.ndarray, str]]
     terms: dict[str, float]
     nonfinite: tuple[str, ...] = ()  # outputs holding NaN/Inf ("loss", "grad_<input>")
+    compute_ns: int = 0  # evaluating it (for a batch: the whole batch), for the statistics
+    batch_size: int = 1  # the requests computed together with it, itself included
 
 
 def compute(computation: Computation, device: torch.device) -> Result:
     """Run on a worker thread: to torch, evaluate on ``device``, back to numpy."""
+    start = time.perf_counter_ns()
     tensors = {name: to_torch(a, dt) for name, (a, dt) in computation.inputs.items()}
     grad_loss = to_torch(*computation.grad_loss) if computation.grad_loss is not None else None
     evaluation: Evaluation = evaluate_terms(
@@ -94,6 +98,7 @@ def compute(computation: Computation, device: torch.device) -> Result:
         grads={name: to_numpy(g) for name, g in evaluation.grads.items()},
         terms={key: float(v) for key, v in evaluation.terms.items()},
         nonfinite=evaluation.nonfinite,
+        compute_ns=time.perf_counter_ns() - start,
     )
 
 
@@ -108,6 +113,7 @@ def compute_batch(
     loss, parameters, gradients, shapes and dtypes) through `evaluate_batch`; each gets its
     own result or error."""
     first = computations[0]
+    start = time.perf_counter_ns()
     items = [
         (
             {name: to_torch(a, dt) for name, (a, dt) in c.inputs.items()},
@@ -126,6 +132,7 @@ def compute_batch(
         vmap=vmap,
     )
     results: list[Result | Exception] = []
+    elapsed = time.perf_counter_ns() - start
     for evaluation in evaluations:
         if isinstance(evaluation, Exception):
             results.append(evaluation)
@@ -137,6 +144,8 @@ def compute_batch(
                     grads={name: to_numpy(g) for name, g in evaluation.grads.items()},
                     terms={},
                     nonfinite=evaluation.nonfinite,
+                    compute_ns=elapsed,
+                    batch_size=len(computations),
                 )
             )
         except ComputeError as exc:

@@ -36,7 +36,15 @@ from .errors import from_validation_error
 from .shm import SHM_BYTE_SIZE, SHM_OFFSET, SHM_REGION, SharedMemoryRegions
 from .shm import reference as shm_reference
 
-__all__ = ["GRAD_LOSS", "Decoded", "OutputPlan", "decode_request", "encode_response"]
+__all__ = [
+    "GRAD_LOSS",
+    "Decoded",
+    "OutputPlan",
+    "decode_entries",
+    "decode_request",
+    "encode_response",
+    "selected_outputs",
+]
 
 GRAD_LOSS = "grad_loss"
 LOSS = "loss"
@@ -158,6 +166,30 @@ def decode_request(
         raise from_validation_error(exc, "inference request") from None
     entries = raw["inputs"]
     binary = slice_binary_data(entries, tail, kind="input")
+    return decode_entries(spec, request, entries, binary, shm)
+
+
+def decode_entries(
+    spec: LossSpec,
+    request: InferRequest,
+    entries: Sequence[Mapping[str, Any]],
+    binary: Mapping[str, Buffer],
+    shm: SharedMemoryRegions | None = None,
+) -> Decoded:
+    """Check and decode a parsed inference request, whatever its transport.
+
+    Args:
+        spec: the loss.
+        request: the validated request (its inputs' ``data`` is not read here).
+        entries: the inputs as wire dicts (``name``, ``datatype``, ``shape``, ``data`` or
+            ``parameters``), in order.
+        binary: input name -> its raw bytes, for inputs sent as bytes.
+        shm: the registered shared-memory regions, when enabled.
+
+    Raises:
+        InvalidTensor / ShapeMismatch: a tensor whose declared datatype, shape and data disagree.
+        InvalidInput: an unknown or repeated input or output name.
+    """
     names = {t.name for t in spec.inputs + spec.tensor_params}
     takes_grad_loss = GRAD_LOSS not in names
     inputs: dict[str, tuple[np.ndarray, str]] = {}
@@ -228,6 +260,24 @@ def _shm_output(
             "parameters": parameters}  # fmt: skip
 
 
+def selected_outputs(
+    decoded: Decoded,
+    loss: tuple[np.ndarray, str],
+    grads: Mapping[str, tuple[np.ndarray, str]],
+) -> list[tuple[np.ndarray, str]]:
+    """The arrays (and datatypes) of the planned outputs, in the plan's order."""
+    return [
+        loss if name == LOSS else grads[name[len(GRAD_PREFIX) :]]
+        for name, _ in decoded.plan.outputs
+    ]
+
+
+def flagged_outputs(decoded: Decoded, nonfinite: Sequence[str]) -> list[str]:
+    """The sent outputs holding NaN/Inf: the response's ``nonfinite`` parameter."""
+    sent = {name for name, _ in decoded.plan.outputs}
+    return [name for name in nonfinite if name in sent]
+
+
 def encode_response(
     spec: LossSpec,
     decoded: Decoded,
@@ -243,8 +293,9 @@ def encode_response(
     """
     outputs: list[dict[str, Any]] = []
     buffers: list[Buffer] = []
-    for name, binary in decoded.plan.outputs:
-        array, datatype = loss if name == LOSS else grads[name[len(GRAD_PREFIX) :]]
+    for (name, binary), (array, datatype) in zip(
+        decoded.plan.outputs, selected_outputs(decoded, loss, grads)
+    ):
         if name in decoded.plan.shm:
             outputs.append(_shm_output(name, array, datatype, *decoded.plan.shm[name]))
             continue
@@ -255,8 +306,7 @@ def encode_response(
     header: dict[str, Any] = {"model_name": spec.name, "model_version": spec.version or "1"}
     if decoded.request_id is not None:
         header["id"] = decoded.request_id
-    sent = [name for name, _ in decoded.plan.outputs]
-    flagged = [name for name in nonfinite if name in sent]
+    flagged = flagged_outputs(decoded, nonfinite)
     if flagged:
         header["parameters"] = {NONFINITE: ",".join(flagged)}
     header["outputs"] = outputs

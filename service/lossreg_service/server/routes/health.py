@@ -11,7 +11,13 @@ from ..deps import RegistryDep, SettingsDep
 
 router = APIRouter(prefix="/v2", tags=["health"])
 
-EXTENSIONS = ["binary_tensor_data", "parameters"]
+EXTENSIONS = [
+    "binary_tensor_data",
+    "parameters",
+    "statistics",
+    "model_configuration",
+    "model_repository",
+]
 
 
 @router.get("/health/live", response_model=ServerLiveResponse)
