@@ -124,7 +124,9 @@ class _Call:
         try:
             if protected:
                 self.authorize()
-            return await fn()
+            answer = await fn()
+            self.context.set_trailing_metadata(tuple(trailing))
+            return answer
         except LossRegError as exc:
             outcome, status = exc.code, grpc_status(exc)
             if not abort:
@@ -149,8 +151,6 @@ class _Call:
                 status, f"internal server error (request id {self.request_id})"
             )
             raise  # pragma: no cover - abort raises
-        else:
-            self.context.set_trailing_metadata(tuple(trailing))
         finally:
             seconds = time.perf_counter() - start
             metrics.in_flight.dec()
