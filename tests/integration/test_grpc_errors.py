@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from lossreg_service.server.grpc.proto import grpc_service_pb2 as pb
 from lossreg_service.server.grpc.proto import grpc_service_pb2_grpc as pb_grpc
 from lossreg_service.settings import Settings
+from tests.plugins import make_distribution
 
 from ._server import free_port, serve
 
@@ -313,3 +314,54 @@ def test_grpc_statistics_count_successes_and_failures_and_batch_with_rest() -> N
         index = {m.name: m.state for m in client.get_model_repository_index().models}
         assert index["l1_loss"] == "READY"
         client.close()
+
+
+SLOW = """
+import time
+
+def loss(input):
+    time.sleep(1.5)
+    return input.sum()
+"""
+
+
+def test_a_passed_client_deadline_takes_the_request_out_of_the_queue(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One worker busy with a slow loss; a second request whose deadline passes while it waits
+    in the queue is DEADLINE_EXCEEDED for the client and never computed by the server."""
+    root = tmp_path_factory.mktemp("slow")
+    make_distribution(root, "lossreg-grpc-slow", {"grpc_slow": "lossreg_grpc_slow:loss"},
+                      modules={"lossreg_grpc_slow": SLOW})  # fmt: skip
+    monkeypatch.syspath_prepend(str(root))
+    port = free_port()
+    settings = Settings(
+        device="cpu", log_level="warning", grpc_port=port, compute_threads=1, batch_max_size=1
+    )
+
+    def slow_request() -> pb.ModelInferRequest:
+        request = pb.ModelInferRequest(model_name="grpc_slow")
+        request.inputs.add(name="input", datatype="FP32", shape=[2])
+        request.raw_input_contents.append(np.ones(2, np.float32).tobytes())
+        return request
+
+    async def run() -> None:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            astub = pb_grpc.GRPCInferenceServiceStub(channel)
+            first = asyncio.ensure_future(astub.ModelInfer(slow_request(), timeout=30))
+            await asyncio.sleep(0.3)  # the first one holds the only worker
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await astub.ModelInfer(slow_request(), timeout=0.3)
+            assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            answer = await first
+            assert np.frombuffer(answer.raw_output_contents[0], np.float32)[0] == 2.0
+
+    with serve(settings) as url:
+        asyncio.run(run())
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+        stats = client.get_inference_statistics("grpc_slow").model_stats[0]
+        client.close()
+        assert stats.inference_count == 1 and stats.inference_stats.fail.count == 1
+        assert stats.execution_count == 1  # the abandoned request never reached a worker
+        metrics = httpx.get(f"{url}/metrics", timeout=10).text
+        assert 'lossreg_requests_queued{device="cpu"} 0.0' in metrics
