@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from lossreg.errors import InvalidTensor, LossNotFound, ModelControlDisabled
 from lossreg.protocol import (
+    GRAD_LOSS,
+    GRAD_PREFIX,
+    LOSS,
     LossSpecResponse,
     MetadataTensor,
     ModelConfigResponse,
@@ -18,7 +21,6 @@ from lossreg.protocol import (
 
 from ..registry import LossRegistry, LossSpec, TensorSpec
 from ..settings import Settings
-from .inference import GRAD_LOSS, GRAD_PREFIX, LOSS
 from .statistics import StatisticsStore
 
 __all__ = [

@@ -19,6 +19,9 @@ import pydantic
 
 from lossreg.errors import InvalidInput, InvalidParameter, InvalidRequest, InvalidTensor
 from lossreg.protocol import (
+    GRAD_LOSS,
+    GRAD_PREFIX,
+    LOSS,
     RESERVED_PARAMETER_PREFIX,
     RESERVED_PARAMETERS,
     Buffer,
@@ -27,8 +30,12 @@ from lossreg.protocol import (
     decode_tensor,
     encode_tensor,
     frame_body,
+    input_of,
+    output_names,
     slice_binary_data,
     split_body,
+    unknown_input,
+    unknown_output,
 )
 
 from ..registry import LossSpec
@@ -46,9 +53,6 @@ __all__ = [
     "selected_outputs",
 ]
 
-GRAD_LOSS = "grad_loss"
-LOSS = "loss"
-GRAD_PREFIX = "grad_"
 NONFINITE = "nonfinite"  # request parameter: "reject" | "allow"; response parameter: the outputs
 
 
@@ -92,7 +96,7 @@ def _plan(
     params = request.parameters or {}
     binary_default = _is_true(params.get("binary_data_output"))
     differentiable = [t.name for t in spec.inputs + spec.tensor_params if t.differentiable]
-    known = [LOSS] + [GRAD_PREFIX + n for n in differentiable]
+    known = output_names(differentiable)
     if not request.outputs:
         grads = [n for n in differentiable if n in sent]
         return OutputPlan(
@@ -102,11 +106,7 @@ def _plan(
     windows: dict[str, tuple[str, int, memoryview]] = {}
     for requested in request.outputs:
         if requested.name not in known:
-            raise InvalidInput(
-                f"{spec.name}: unknown output {requested.name!r}; it has outputs "
-                + ", ".join(known),
-                field=requested.name,
-            )
+            raise unknown_output(spec.name, requested.name, known)
         if any(requested.name == name for name, _ in outputs):
             raise InvalidInput(f"output {requested.name!r} requested twice", field=requested.name)
         flag = (requested.parameters or {}).get("binary_data")
@@ -119,7 +119,7 @@ def _plan(
             windows[requested.name] = (region, offset, view)
             flag = False
         outputs.append((requested.name, binary_default if flag is None else _is_true(flag)))
-    grad = [name[len(GRAD_PREFIX) :] for name, _ in outputs if name != LOSS]
+    grad = [input_of(name) for name, _ in outputs if name != LOSS]
     return OutputPlan(outputs, grad, windows)
 
 
@@ -199,11 +199,7 @@ def decode_entries(
         if name in inputs or (name == GRAD_LOSS and grad_loss is not None):
             raise InvalidInput(f"input {name!r} is sent twice", field=name)
         if name not in names and not (takes_grad_loss and name == GRAD_LOSS):
-            raise InvalidInput(
-                f"{spec.name}: unknown input {name!r}; it takes "
-                + ", ".join(sorted(names) + ([GRAD_LOSS] if takes_grad_loss else [])),
-                field=name,
-            )
+            raise unknown_input(spec.name, name, sorted(names), takes_grad_loss)
         raw = binary.get(name)
         if raw is None:
             raw = _shm_input(entry, name, shm)
@@ -266,10 +262,7 @@ def selected_outputs(
     grads: Mapping[str, tuple[np.ndarray, str]],
 ) -> list[tuple[np.ndarray, str]]:
     """The arrays (and datatypes) of the planned outputs, in the plan's order."""
-    return [
-        loss if name == LOSS else grads[name[len(GRAD_PREFIX) :]]
-        for name, _ in decoded.plan.outputs
-    ]
+    return [loss if name == LOSS else grads[input_of(name)] for name, _ in decoded.plan.outputs]
 
 
 def flagged_outputs(decoded: Decoded, nonfinite: Sequence[str]) -> list[str]:

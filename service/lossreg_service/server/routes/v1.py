@@ -23,6 +23,7 @@ from lossreg.protocol import (
     LossSpecResponse,
     torch_name,
 )
+from lossreg.protocol.v1 import Form, decode_value, encode_value
 
 from ...engine import Term
 from ...registry import Loss, LossRegistry
@@ -33,7 +34,6 @@ from ..dataplane import Computation, Result, compute, single
 from ..deps import ExecutorDep, RegistryDep, SettingsDep
 from ..errors import from_validation_error
 from ..inference import parse_json
-from ..jsonapi import Form, decode_value, encode_value
 from ..openapi import request_body
 
 router = APIRouter(prefix="/v1", tags=["v1"], dependencies=[Depends(require_api_key)])
