@@ -1,9 +1,9 @@
 """Between the wire and the engine: decoded numpy arrays <-> torch tensors, and back.
 
-The only server module besides the executor that touches torch. Arrays that are views of the
-request body (a ``bytearray``) become tensors without a copy; read-only arrays are copied first
-(torch warns about, and must not write into, read-only memory). BF16 travels as ``uint16``
-words and is viewed as ``torch.bfloat16``.
+The only server module besides the executor that touches torch. The conversions themselves are
+`lossreg.protocol.torch_bridge`'s, the client's too: arrays that are views of the request body
+(a ``bytearray``) become tensors without a copy; read-only arrays are copied first. BF16
+travels as ``uint16`` words and is viewed as ``torch.bfloat16``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from lossreg.errors import ComputeError, InvalidTensor
-from lossreg.protocol import datatype_from_torch_name
+from lossreg.protocol.torch_bridge import array_to_tensor, tensor_to_array
 
 from ..engine import Evaluation, Term, dtype_name, evaluate_terms
 from ..engine.batching import evaluate_batch
@@ -28,31 +28,19 @@ __all__ = ["Computation", "compute", "compute_batch", "to_numpy", "to_torch"]
 
 def to_torch(array: np.ndarray, datatype: str) -> torch.Tensor:
     """A tensor sharing ``array``'s memory when it is writable (BF16 words viewed as bfloat16)."""
-    if not array.flags.writeable or not array.flags.c_contiguous:
-        array = np.array(array, copy=True, order="C")
-    if array.dtype.byteorder == ">":
-        array = array.astype(array.dtype.newbyteorder("<"))
-    tensor = torch.from_numpy(array)
-    if datatype == "BF16":
-        tensor = tensor.view(torch.bfloat16)
+    tensor: torch.Tensor = array_to_tensor(array, datatype)
     return tensor
 
 
 def to_numpy(tensor: torch.Tensor) -> tuple[np.ndarray, str]:
     """A CPU array and its KServe datatype (bfloat16 as ``uint16`` words)."""
-    t = tensor.detach()
-    if t.device.type != "cpu":
-        t = t.cpu()
-    t = t.contiguous()
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view("<u2"), "BF16"
     try:
-        datatype = datatype_from_torch_name(dtype_name(t.dtype))
+        return tensor_to_array(tensor)
     except InvalidTensor:  # the loss's fault, not the request's
         raise ComputeError(
-            f"the loss returned a {dtype_name(t.dtype)} tensor, which the protocol cannot carry"
+            f"the loss returned a {dtype_name(tensor.dtype)} tensor, which the protocol cannot "
+            "carry"
         ) from None
-    return t.numpy(), datatype
 
 
 @dataclasses.dataclass(frozen=True)
