@@ -365,3 +365,28 @@ def test_a_passed_client_deadline_takes_the_request_out_of_the_queue(
         assert stats.execution_count == 1  # the abandoned request never reached a worker
         metrics = httpx.get(f"{url}/metrics", timeout=10).text
         assert 'lossreg_requests_queued{device="cpu"} 0.0' in metrics
+
+
+def test_every_error_class_maps_to_the_status_the_protocol_lists() -> None:
+    from lossreg import errors
+    from lossreg_service.server.grpc.service import grpc_status
+
+    expected = {
+        400: grpc.StatusCode.INVALID_ARGUMENT,
+        422: grpc.StatusCode.INVALID_ARGUMENT,
+        401: grpc.StatusCode.UNAUTHENTICATED,
+        404: grpc.StatusCode.NOT_FOUND,
+        409: grpc.StatusCode.FAILED_PRECONDITION,
+        413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+        503: grpc.StatusCode.UNAVAILABLE,
+        504: grpc.StatusCode.DEADLINE_EXCEEDED,
+        500: grpc.StatusCode.INTERNAL,
+    }
+    classes = [getattr(errors, n) for n in errors.__all__]
+    served = [c for c in classes if isinstance(c, type) and issubclass(c, errors.LossRegError)]
+    served = [c for c in served if not issubclass(c, errors.ClientError)]
+    for cls in served:
+        status = grpc_status(cls("x"))
+        if cls.status_code in expected:
+            assert status == expected[cls.status_code], cls
+    assert grpc_status(errors.SharedMemoryDisabled("x")) == grpc.StatusCode.PERMISSION_DENIED
