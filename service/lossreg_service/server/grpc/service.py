@@ -15,7 +15,6 @@ import hmac
 import logging
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -34,7 +33,7 @@ from ..catalog import (
     refuse_model_control,
     repository_index,
 )
-from ..middleware import request_id_var
+from ..middleware import _new_request_id, request_id_var
 from ..pipeline import DataPlane, infer, observe
 from ..routes.health import EXTENSIONS
 from ..shm import regions
@@ -91,7 +90,7 @@ class _Call:
         self.compute = False
         sent = _metadata(context, "x-request-id")
         self.request_id = sent.strip() if sent and _SANE_ID.match(sent.strip()) else None
-        self.request_id = self.request_id or uuid.uuid4().hex
+        self.request_id = self.request_id or _new_request_id()  # as REST's: process prefix
 
     def authorize(self) -> None:
         keys: list[str] = self.service.state.settings.api_keys
