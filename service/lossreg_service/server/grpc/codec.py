@@ -106,16 +106,20 @@ def decode_infer_request(
         InvalidRequest: ``raw_input_contents`` does not give every input its bytes.
         InvalidTensor / InvalidInput / ShapeMismatch / InvalidParameter: as over REST.
     """
-    raws = request.raw_input_contents
-    if raws and len(raws) != len(request.inputs):
+    raws = list(request.raw_input_contents)
+    in_shm = [SHM_REGION in tensor.parameters for tensor in request.inputs]
+    carried = len(in_shm) - sum(in_shm)  # inputs whose values travel in the message
+    if raws and len(raws) != carried:
         raise InvalidRequest(
-            f"raw_input_contents has {len(raws)} entries for {len(request.inputs)} inputs: send "
-            "every input's bytes there, in order, or none (then values go in contents)",
+            f"raw_input_contents has {len(raws)} entries for {carried} inputs not in shared "
+            "memory: send every such input's bytes there, in order, or none (then values go "
+            "in contents)",
             field="raw_input_contents",
         )
     entries: list[dict[str, Any]] = []
     binary: dict[str, memoryview] = {}
-    for index, tensor in enumerate(request.inputs):
+    raw_index = 0
+    for tensor, shared in zip(request.inputs, in_shm):
         entry: dict[str, Any] = {
             "name": tensor.name,
             "datatype": tensor.datatype,
@@ -124,7 +128,9 @@ def decode_infer_request(
         parameters = from_parameters(tensor.parameters)
         if parameters:
             entry["parameters"] = parameters
-        if raws:
+        if shared:
+            pass  # the decoder reads it from its region
+        elif raws:
             if tensor.HasField("contents") and any(
                 len(getattr(tensor.contents, f)) for f in _CONTENT_FIELDS
             ):
@@ -132,8 +138,9 @@ def decode_infer_request(
                     f"input {tensor.name!r} has both raw_input_contents and contents; send one",
                     field=tensor.name,
                 )
-            binary[tensor.name] = memoryview(raws[index])
-        elif not (parameters and SHM_REGION in parameters):
+            binary[tensor.name] = memoryview(raws[raw_index])
+            raw_index += 1
+        else:
             entry["data"] = _contents(tensor, tensor.datatype)
         entries.append(entry)
     document = {
