@@ -365,6 +365,7 @@ def test_a_passed_client_deadline_takes_the_request_out_of_the_queue(
         assert stats.execution_count == 1  # the abandoned request never reached a worker
         metrics = httpx.get(f"{url}/metrics", timeout=10).text
         assert 'lossreg_requests_queued{device="cpu"} 0.0' in metrics
+        assert 'lossreg_requests_total{loss="grpc_slow",outcome="cancelled"} 1.0' in metrics
 
 
 def test_every_error_class_maps_to_the_status_the_protocol_lists() -> None:

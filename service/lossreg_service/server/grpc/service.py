@@ -11,6 +11,7 @@ task, which takes its request out of the queue or batch.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import re
@@ -140,6 +141,9 @@ class _Call:
             await self.context.abort(status, exc.message)
             raise  # pragma: no cover - abort raises
         except grpc.aio.AbortError:
+            raise
+        except asyncio.CancelledError:  # the client went away or its deadline passed
+            outcome, status = "cancelled", grpc.StatusCode.CANCELLED
             raise
         except Exception:
             outcome, status = "internal", grpc.StatusCode.INTERNAL
