@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from lossreg_service.server import create_app
 from lossreg_service.server.grpc.proto import grpc_service_pb2 as pb
 from lossreg_service.server.grpc.proto import grpc_service_pb2_grpc as pb_grpc
 from lossreg_service.settings import Settings
@@ -391,3 +392,21 @@ def test_every_error_class_maps_to_the_status_the_protocol_lists() -> None:
         if cls.status_code in expected:
             assert status == expected[cls.status_code], cls
     assert grpc_status(errors.SharedMemoryDisabled("x")) == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_a_grpc_port_taken_by_another_program_stops_start_up() -> None:
+    """Start-up fails (the process never turns ready) rather than serving HTTP without gRPC."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        app = create_app(Settings(device="cpu", log_level="critical", grpc_port=port))
+
+        async def start() -> None:
+            async with app.router.lifespan_context(app):
+                pass
+
+        with pytest.raises(RuntimeError, match=f"cannot bind 127.0.0.1:{port} .LOSSREG_GRPC_PORT"):
+            asyncio.run(start())

@@ -80,12 +80,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ", ".join(str(d) for d in devices),
         )
         grpc_server = None
-        if settings.grpc_port:  # imported only when on: grpcio is not needed otherwise
-            from .grpc.server import GrpcServer
-
-            grpc_server = GrpcServer(app, settings)
-            app.state.grpc_port = await grpc_server.start()
         try:
+            if settings.grpc_port:  # imported only when on: grpcio is not needed otherwise
+                from .grpc.server import GrpcServer
+
+                starting = GrpcServer(app, settings)
+                app.state.grpc_port = await starting.start()
+                grpc_server = starting
             yield
         finally:
             if grpc_server is not None:

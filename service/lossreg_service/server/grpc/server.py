@@ -52,7 +52,10 @@ class GrpcServer:
             RuntimeError: the address cannot be bound.
         """
         address = f"{self.settings.host}:{self.settings.grpc_port}"
-        self.port = self.server.add_insecure_port(address)
+        try:
+            self.port = self.server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpcio raises where older versions returned 0
+            raise RuntimeError(f"gRPC cannot bind {address} (LOSSREG_GRPC_PORT): {exc}") from None
         if not self.port:
             raise RuntimeError(f"gRPC cannot bind {address} (LOSSREG_GRPC_PORT)")
         await self.server.start()
