@@ -170,3 +170,19 @@ def test_extensions_need_the_api_key_when_keys_are_set() -> None:
         assert httpx.post(f"{base}/v2/repository/index").status_code == 401
         ok = httpx.get(f"{base}/v2/models/mse_loss/config", headers={"Authorization": "Bearer k1"})
         assert ok.status_code == 200 and ok.json()["name"] == "mse_loss"
+
+
+def test_v1_evaluate_goes_through_the_same_dataplane_and_statistics(client: Any, url: str) -> None:
+    def count() -> int:
+        stats = _by_name(client.get_inference_statistics("smooth_l1_loss"), "smooth_l1_loss")
+        return int(stats["inference_count"])
+
+    before = count()
+    body = {"inputs": {"input": [1.0, 2.0], "target": [0.0, 0.0]}, "grad": ["input"]}
+    r = httpx.post(f"{url}/v1/losses/smooth_l1_loss/evaluate", json=body, timeout=30)
+    assert r.status_code == 200 and r.json()["loss"] == pytest.approx(1.0)
+    assert r.json()["grads"]["input"] == [0.5, 0.5]  # answered in the form it was sent
+    bad = httpx.post(f"{url}/v1/losses/smooth_l1_loss/evaluate", json={"inputs": {}}, timeout=30)
+    assert bad.status_code == 422
+    stats = _by_name(client.get_inference_statistics("smooth_l1_loss"), "smooth_l1_loss")
+    assert count() == before + 1 and stats["inference_stats"]["fail"]["count"] >= 1
