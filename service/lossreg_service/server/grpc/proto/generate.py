@@ -2,8 +2,8 @@
 
     pip install grpcio-tools==1.74.0 && python service/lossreg_service/server/grpc/proto/generate.py
 
-(in a scratch virtual environment: grpcio-tools 1.74 writes protobuf 6.31 code, which runs on
-every protobuf from 6.31 on, the server extra's floor; a newer grpcio-tools would raise it.)
+(in a scratch virtual environment: grpcio-tools 1.74 writes code that needs protobuf >= 6.31
+and grpcio >= 1.74, the server extra's floors; a newer grpcio-tools would raise them.)
 
 grpcio-tools writes ``*_pb2.py`` / ``*_pb2_grpc.py``; two edits follow, both for living in one
 process with other users of the same protocol (tritonclient.grpc, tests, notebooks):
