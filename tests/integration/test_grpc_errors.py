@@ -4,6 +4,8 @@ status with the message and code REST gives the same request, and the next reque
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -410,3 +412,32 @@ def test_a_grpc_port_taken_by_another_program_stops_start_up() -> None:
 
         with pytest.raises(RuntimeError, match=f"cannot bind 127.0.0.1:{port} .LOSSREG_GRPC_PORT"):
             asyncio.run(start())
+
+
+def test_health_turns_not_serving_when_the_server_shuts_down() -> None:
+    """A Kubernetes-style Watch sees SERVING, then NOT_SERVING once shut-down begins."""
+    port = free_port()
+    settings = Settings(device="cpu", log_level="warning", grpc_port=port)
+    seen: list[int] = []
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")  # open until the server is gone
+    with serve(settings):
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService"), timeout=60
+        )
+
+        def read() -> None:
+            try:
+                for answer in watch:
+                    seen.append(answer.status)
+            except grpc.RpcError:
+                pass  # the server went away after saying so
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 10
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert seen == [health_pb2.HealthCheckResponse.SERVING]
+    reader.join(timeout=15)
+    channel.close()
+    assert seen[-1] == health_pb2.HealthCheckResponse.NOT_SERVING
