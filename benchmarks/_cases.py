@@ -263,6 +263,29 @@ def make_tritonclient(case: Case, url: str) -> Call:
     return call
 
 
+def make_tritonclient_grpc(case: Case, target: str) -> Call:
+    """NVIDIA's ``tritonclient.grpc``: raw tensors both ways, over lossreg's gRPC port."""
+    import tritonclient.grpc as triton
+
+    client = triton.InferenceServerClient(target)
+    inputs = []
+    for name, array in case.inputs.items():
+        datatype = "FP32" if array.dtype == np.float32 else "INT64"
+        entry = triton.InferInput(name, list(array.shape), datatype)
+        entry.set_data_from_numpy(array)
+        inputs.append(entry)
+    outputs = [
+        triton.InferRequestedOutput("loss"),
+        triton.InferRequestedOutput("grad_" + case.grad_name),
+    ]
+
+    def call() -> np.ndarray:
+        result = client.infer(case.loss, inputs, outputs=outputs, parameters=case.params or None)
+        return result.as_numpy("grad_" + case.grad_name)
+
+    return call
+
+
 def make_shm(case: Case, url: str) -> Call:
     """System shared memory, as a co-located pipeline uses it: the tensors already live in
     registered regions (put there once, by tritonclient's own utilities), each request passes

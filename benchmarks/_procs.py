@@ -143,14 +143,20 @@ def lossreg_server(
     settings: Mapping[str, str] | None = None, *, uds: str | None = None
 ) -> contextlib.AbstractContextManager[Server]:
     """lossreg as ``lossreg serve`` runs it, configured by ``LOSSREG_*`` variables (worker
-    processes from ``LOSSREG_WORKERS``)."""
+    processes from ``LOSSREG_WORKERS``); its gRPC target is `grpc_target`."""
     port = free_port()
     env = {"LOSSREG_LOG_LEVEL": "warning", "LOSSREG_DEVICE": "cpu", **(settings or {})}
+    env.setdefault("LOSSREG_GRPC_PORT", str(free_port()))  # its own: servers run side by side
     workers = int(env.get("LOSSREG_WORKERS", "1"))
     argv = uvicorn_argv(
         "lossreg_service.server:create_app", port, factory=True, uds=uds, workers=workers
     )
     return launch("lossreg", argv, port=port, ready_path="/v2/health/ready", env=env, uds=uds)
+
+
+def grpc_target(server: Server) -> str:
+    """``host:port`` of a lossreg server's gRPC service."""
+    return f"127.0.0.1:{server.env['LOSSREG_GRPC_PORT']}"
 
 
 def baseline_server(workers: int = 1) -> contextlib.AbstractContextManager[Server]:

@@ -19,6 +19,7 @@ LABELS = {
     "uds": "client, unix socket",
     "shm": "lossreg shm",
     "tritonclient": "tritonclient",
+    "tritonclient_grpc": "tritonclient gRPC",
     "json_api": "lossreg JSON",
     "baseline": "FastAPI+pydantic",
     "litserve": "LitServe",

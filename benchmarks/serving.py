@@ -7,11 +7,13 @@ Sections (``--sections``, default all):
 
 - ``latency``: sequential value+gradient requests, CE 32x10 ... 4096x1000 float32 and a Dice
   16x1x256x256 batch, through the engine in-process (the limit), lossreg's Python client,
-  ``tritonclient.http``, system shared memory, lossreg's JSON API, a hand-written FastAPI
-  endpoint with pydantic nested lists, and LitServe (if installed); plus the empty-endpoint
-  floor. Every method's gradient is checked against the in-process one before it is timed.
+  ``tritonclient.http``, ``tritonclient.grpc``, system shared memory, lossreg's JSON API, a
+  hand-written FastAPI endpoint with pydantic nested lists, and LitServe (if installed); plus
+  the empty-endpoint floor. Every method's gradient is checked against the in-process one
+  before it is timed.
 - ``concurrency``: CE 32x10 over 1, 4 and 16 keep-alive connections (wrk, or a multi-process
-  raw-socket generator), with dynamic batching on and off, and the empty endpoint.
+  raw-socket generator), with dynamic batching on and off, and the empty endpoint; the same
+  servers over gRPC, 1, 4 and 16 concurrent streams of ``tritonclient.grpc.aio``.
 - ``memory``: the server's peak RSS per in-flight 16 MB request, and RSS after 100 vs 10,000
   requests.
 - ``gpu`` (only with a CUDA device): 256 concurrent CE 32x10 connections against a server on
@@ -39,6 +41,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import _cases, _procs, _report, _targets
+from ._grpc_load import run_grpc_load
 from ._load import have_wrk, run_load
 
 HERE = Path(__file__).resolve().parent
@@ -102,6 +105,10 @@ def _methods(
     if _has_extension(lossreg.url, "system_shared_memory"):
         yield "shm", lambda: _cases.make_shm(case, lossreg.url)
     yield "tritonclient", lambda: _cases.make_tritonclient(case, lossreg.url)
+    yield (
+        "tritonclient_grpc",
+        lambda: _cases.make_tritonclient_grpc(case, _procs.grpc_target(lossreg)),
+    )
     yield "json_api", lambda: _cases.make_json_api(case, lossreg.url)
     yield "baseline", lambda: _cases.make_baseline(case, baseline.url)
     if lit is not None:
@@ -125,7 +132,7 @@ def run_latency(args: argparse.Namespace, results: dict[str, Any], progress: Pro
     have_litserve = importlib.util.find_spec("litserve") is not None
     if not have_litserve:
         results["notes"].append("LitServe not installed (pip install -e '.[bench]'): skipped")
-    task = progress.add_task("latency", total=len(cases) * (8 + have_litserve) + 1)
+    task = progress.add_task("latency", total=len(cases) * (9 + have_litserve) + 1)
     latency: dict[str, Any] = {}
     uds = Path(tempfile.mkdtemp(prefix="lossreg-bench-")) / "lossreg.sock"
     with (
@@ -222,6 +229,12 @@ def run_concurrency(args: argparse.Namespace, results: dict[str, Any], progress:
                 )
                 rows.append({"server": label, **vars(load), "rps": load.rps})
                 progress.advance(task)
+                if label.startswith("lossreg"):  # the same server over gRPC
+                    progress.update(task, description=f"concurrency {label}, gRPC x{n}")
+                    target = _procs.grpc_target(server)
+                    run_grpc_load(target, case, streams=n, seconds=1)
+                    load = run_grpc_load(target, case, streams=n, seconds=seconds)
+                    rows.append({"server": f"{label}, gRPC", **vars(load), "rps": load.rps})
     results["concurrency"] = rows
 
 

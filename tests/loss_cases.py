@@ -237,3 +237,42 @@ def make_form(form: str, seed: int = 0) -> tuple[str, dict[str, torch.Tensor], d
     name, build = FORMS[form]
     tensors, params = build(torch.Generator().manual_seed(seed))
     return name, tensors, params
+
+
+def zoo_case(name: str, seed: int = 0) -> Case:
+    """Valid inputs (float32 input, int32 class indices) and non-default parameters for the zoo
+    loss ``name``."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 3, 4, 4, generator=g)
+    labels = torch.randint(0, 3, (2, 4, 4), generator=g, dtype=torch.int32)
+    masks = (torch.rand(2, 3, 4, 4, generator=g) > 0.5).float()
+    weight = torch.tensor([0.5, 1.0, 2.0])
+    if name == "log_cosh":
+        return {"input": x, "target": torch.randn(2, 3, 4, 4, generator=g)}, {"reduction": "sum"}
+    if name == "lovasz_hinge":
+        return {"input": x, "target": masks}, {"mode": "multilabel", "batch": True}
+    if name in ("lovasz_softmax", "weighted_cross_entropy"):
+        return {"input": x, "target": labels}, {"ignore_index": 2}
+    if name == "generalized_dice":
+        return {"input": x, "target": masks}, {"mode": "multilabel", "weight_type": "simple"}
+    params: dict[str, Any] = {"include_background": False}
+    if name == "focal":
+        params.update(gamma=1.5, alpha=0.25)
+    if name == "tversky":
+        params.update(alpha=0.3, beta=0.7)
+    return {"input": x, "target": labels, "weight": weight}, params
+
+
+def zoo_reference(
+    name: str, tensors: dict[str, torch.Tensor], params: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Value and input gradient of a direct call of the zoo function: the ground truth."""
+    from lossreg_service.losses import zoo
+
+    leaf = tensors["input"].detach().clone().requires_grad_(True)
+    target = tensors["target"]
+    target = target if target.is_floating_point() else target.long()
+    extra = {k: v for k, v in tensors.items() if k not in ("input", "target")}
+    value = getattr(zoo, name)(leaf, target, **extra, **params)
+    (grad,) = torch.autograd.grad(value, leaf)
+    return value.detach(), grad

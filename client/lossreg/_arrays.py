@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidInput
-from .protocol import datatype_from_numpy, datatype_from_torch_name, torch_name
+from .protocol import datatype_from_numpy, torch_name
+from .protocol.torch_bridge import array_to_tensor, tensor_to_array
 
 __all__ = ["Origin", "WireArray", "from_wire", "is_torch_tensor", "to_wire"]
 
@@ -99,19 +100,8 @@ def to_wire(name: str, value: Any) -> WireArray:
 
 
 def _torch_to_wire(name: str, tensor: Any) -> WireArray:
-    import torch
-
-    origin = Origin("torch", tensor.device, tensor.dtype)
-    datatype = datatype_from_torch_name(str(tensor.dtype), name)
-    t = tensor.detach()
-    if t.device.type != "cpu":
-        t = t.to("cpu")
-    t = t.contiguous().resolve_conj().resolve_neg()
-    if t.dtype == torch.bfloat16:
-        array = t.view(torch.int16).numpy().view(np.uint16)
-    else:
-        array = t.numpy()
-    return WireArray(array, datatype, origin)
+    array, datatype = tensor_to_array(tensor, name)
+    return WireArray(array, datatype, Origin("torch", tensor.device, tensor.dtype))
 
 
 def from_wire(array: np.ndarray, datatype: str, origin: Origin, *, cast: bool) -> Any:
@@ -124,12 +114,7 @@ def from_wire(array: np.ndarray, datatype: str, origin: Origin, *, cast: bool) -
         cast: also convert to the caller's dtype (gradients: yes; the loss value: no).
     """
     if origin.kind == "torch":
-        import torch
-
-        if datatype == "BF16":
-            t = torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
-        else:
-            t = torch.from_numpy(array)
+        t = array_to_tensor(array, datatype)
         return t.to(device=origin.device, dtype=origin.dtype if cast else None)
     if datatype == "BF16":
         array = _numpy_bfloat16(array)

@@ -33,7 +33,7 @@ import httpx
 import numpy as np
 
 from ._wire import Chunks, new_buffer
-from .protocol import HEADER_LENGTH
+from .protocol import HEADER_LENGTH, announced_header_length
 
 __all__ = ["HTTPTransport", "default_transport"]
 
@@ -305,8 +305,7 @@ class HTTPTransport(httpx.BaseTransport):
 
 
 def _header_length(response: http.client.HTTPResponse) -> int | None:
-    value = response.getheader(HEADER_LENGTH)
-    return int(value) if value and value.strip().isdigit() else None
+    return announced_header_length(response.getheader(HEADER_LENGTH))
 
 
 class _Stale(Exception):

@@ -11,15 +11,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .errors import InvalidInput
-from .protocol import RESERVED_PARAMETERS, LossSpecResponse
-from .protocol.checks import (
-    check_grad,
-    check_shapes,
-    check_tensors,
+from .protocol import (
+    GRAD_LOSS,
+    RESERVED_PARAMETERS,
+    LossSpecResponse,
+    grad_output,
+    output_names,
     unknown_input,
-    unknown_parameter,
+    unknown_output,
 )
+from .protocol.checks import check_grad, check_shapes, check_tensors, unknown_parameter
 
 __all__ = ["check_grad", "check_request", "check_shapes", "check_term"]
 
@@ -43,18 +44,14 @@ def check_request(
     """
     everything = list(spec.inputs) + list(spec.tensor_params)
     names = sorted(t.name for t in everything)
-    takes_grad_loss = "grad_loss" not in names
+    takes_grad_loss = GRAD_LOSS not in names
     for name in tensors:
         if name not in names:
-            raise unknown_input(spec.name, name, names + (["grad_loss"] if takes_grad_loss else []))
-    outputs = ["loss"] + [f"grad_{t.name}" for t in everything if t.differentiable]
+            raise unknown_input(spec.name, name, names, takes_grad_loss)
+    outputs = output_names(t.name for t in everything if t.differentiable)
     for name in dict.fromkeys(grad or ()):
-        if f"grad_{name}" not in outputs:
-            raise InvalidInput(
-                f"{spec.name}: unknown output {'grad_' + name!r}; it has outputs "
-                + ", ".join(outputs),
-                field=f"grad_{name}",
-            )
+        if grad_output(name) not in outputs:
+            raise unknown_output(spec.name, grad_output(name), outputs)
     check_term(spec, tensors, params)
     check_grad([spec], tensors, grad)
 

@@ -12,7 +12,6 @@ they read back goes through here, so the two stay byte-for-byte the same.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
@@ -32,19 +31,22 @@ from .errors import (
     error_from_payload,
 )
 from .protocol import (
+    GRAD_LOSS,
     HEADER_LENGTH,
+    LOSS,
     Buffer,
     ComposeResponse,
     InferResponse,
-    array_from_bytes,
-    array_from_json,
-    datatype_from_torch_name,
+    announced_header_length,
     decode_tensor,
     encode_tensor,
     frame_body,
+    input_of,
+    output_names,
     slice_binary_data,
     split_body,
 )
+from .protocol.v1 import Form, decode_value, encode_value
 
 __all__ = [
     "BodyReader",
@@ -144,7 +146,7 @@ def infer_body(
     """The framed binary request: JSON header, then each input's bytes, in order."""
     inputs: list[dict[str, Any]] = []
     buffers: list[Buffer] = []
-    items = list(wires.items()) + ([("grad_loss", grad_loss)] if grad_loss is not None else [])
+    items = list(wires.items()) + ([(GRAD_LOSS, grad_loss)] if grad_loss is not None else [])
     for input_name, wire in items:
         entry, raw = encode_tensor(input_name, wire.array, binary=True, datatype=wire.datatype)
         inputs.append(entry)
@@ -157,7 +159,7 @@ def infer_body(
     else:
         header["outputs"] = [
             {"name": out, "parameters": {"binary_data": True}}
-            for out in ["loss", *(f"grad_{g}" for g in dict.fromkeys(grad))]
+            for out in output_names(dict.fromkeys(grad))
         ]
     if parameters:
         header["parameters"] = parameters
@@ -182,14 +184,14 @@ def parse_infer(call: InferCall, response: httpx.Response, body: np.ndarray) -> 
     except (LossRegError, ValueError) as exc:
         raise TransportError(f"malformed answer from the server for {call.name!r}: {exc}") from exc
     datatypes = {o["name"]: o["datatype"] for o in outputs}
-    if "loss" not in arrays:
-        raise TransportError(f"the server's answer for {call.name!r} has no 'loss' output")
+    if LOSS not in arrays:
+        raise TransportError(f"the server's answer for {call.name!r} has no {LOSS!r} output")
     loss = from_wire(
-        _writable_aligned(arrays.pop("loss")), datatypes["loss"], call.loss_origin, cast=False
+        _writable_aligned(arrays.pop(LOSS)), datatypes[LOSS], call.loss_origin, cast=False
     )
     grads = {}
     for out, array in arrays.items():
-        input_name = out.removeprefix("grad_")
+        input_name = input_of(out)
         origin = call.origins.get(input_name, call.loss_origin)
         grads[input_name] = from_wire(_writable_aligned(array), datatypes[out], origin, cast=True)
     return EvaluateResult(call.name, loss, grads)
@@ -197,12 +199,8 @@ def parse_infer(call: InferCall, response: httpx.Response, body: np.ndarray) -> 
 
 def tensor_payload(wire: WireArray) -> dict[str, Any]:
     """A ``TensorPayload`` carrying raw bytes as base64 (the /v1 JSON API's binary form)."""
-    raw = memoryview(wire.array).cast("B") if wire.array.size else b""
-    return {
-        "dtype": wire.dtype_name,
-        "shape": list(wire.array.shape),
-        "b64": base64.b64encode(raw).decode("ascii"),
-    }
+    payload: dict[str, Any] = encode_value(wire.array, wire.datatype, Form.B64)
+    return payload
 
 
 def compose_body(
@@ -218,20 +216,6 @@ def compose_body(
     return orjson.dumps(body)
 
 
-def _payload_array(name: str, value: Any, dtype_hint: str) -> tuple[np.ndarray, str]:
-    """A /v1 tensor (nested lists, a number, or a TensorPayload dict) as a fresh array."""
-    if isinstance(value, Mapping):
-        datatype = datatype_from_torch_name(str(value.get("dtype", dtype_hint)), name)
-        shape = value.get("shape")
-        if value.get("b64") is not None:
-            raw = bytearray(base64.b64decode(value["b64"], validate=True))
-            return array_from_bytes(name, datatype, shape, raw), datatype
-        return array_from_json(name, datatype, shape, value.get("data")), datatype
-    data = np.asarray(value)
-    datatype = datatype_from_torch_name(dtype_hint, name)
-    return array_from_json(name, datatype, list(data.shape), value), datatype
-
-
 def parse_compose(body: np.ndarray, wires: Mapping[str, WireArray]) -> ComposeResult:
     """The total, terms and gradients of a ``/v1/evaluate`` answer, in the caller's kind."""
     try:
@@ -239,8 +223,7 @@ def parse_compose(body: np.ndarray, wires: Mapping[str, WireArray]) -> ComposeRe
         grads: dict[str, Any] = {}
         for name, value in answer.grads.items():
             wire = wires.get(name)
-            hint = wire.dtype_name if wire is not None else "float32"
-            array, datatype = _payload_array(name, value, hint)
+            array, datatype, _ = decode_value(name, value)
             origin = wire.origin if wire is not None else loss_origin(wires)
             grads[name] = from_wire(array, datatype, origin, cast=True)
     except (LossRegError, ValueError) as exc:
@@ -267,8 +250,7 @@ class BodyReader:
     """
 
     def __init__(self, response: httpx.Response) -> None:
-        value = response.headers.get(HEADER_LENGTH)
-        self._header_length = int(value) if value and value.strip().isdigit() else None
+        self._header_length = announced_header_length(response.headers.get(HEADER_LENGTH))
         encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
         length = response.headers.get("Content-Length", "")
         known = encoding in ("", "identity") and length.strip().isdigit()

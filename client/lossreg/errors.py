@@ -18,6 +18,7 @@ sides of the wire.
     ├── LossNotFound                  404 loss_not_found       (with close-match suggestions)
     ├── AmbiguousLoss                 409 ambiguous_loss       (two distributions export the name)
     ├── LossUnavailable               503 loss_unavailable     (its plugin failed to load)
+    ├── ModelControlDisabled          409 model_control_disabled (load/unload: registry fixed)
     ├── PluginLoadError               500 plugin_load_error    (strict mode, at start-up)
     ├── ComputeError                  500 compute_error
     ├── ComputeTimeout                504 compute_timeout
@@ -53,6 +54,7 @@ __all__ = [
     "LossRegError",
     "LossRejectedInput",
     "LossUnavailable",
+    "ModelControlDisabled",
     "NonFiniteValue",
     "PayloadTooLarge",
     "PluginLoadError",
@@ -161,6 +163,13 @@ class AmbiguousLoss(LossRegError):
 class LossUnavailable(LossRegError):
     status_code = 503
     code = "loss_unavailable"
+
+
+class ModelControlDisabled(LossRegError):
+    """Model load/unload: the registry is fixed at start-up (LOSSREG_ALLOW / LOSSREG_DENY)."""
+
+    status_code = 409
+    code = "model_control_disabled"
 
 
 class PluginLoadError(LossRegError):

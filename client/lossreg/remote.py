@@ -37,7 +37,7 @@ from ._client import Client
 from ._config import DEFAULT_RETRIES, DEFAULT_TIMEOUT
 from .errors import InvalidInput
 from .protocol import LossSpecResponse
-from .protocol.checks import unknown_input
+from .protocol.names import unknown_input
 
 __all__ = ["RemoteLoss"]
 

@@ -222,12 +222,16 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port [LOSSREG_PORT].")] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes [LOSSREG_WORKERS].")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda:N [LOSSREG_DEVICE].")] = None,
+    grpc_port: Annotated[
+        int | None, typer.Option(help="gRPC port, 0: off [LOSSREG_GRPC_PORT].")
+    ] = None,
 ) -> None:
-    """Start the HTTP service (KServe v2 + JSON API) with uvicorn."""
+    """Start the HTTP service (KServe v2 + JSON API) with uvicorn, and gRPC beside it."""
     import uvicorn
 
     # Flags become environment settings so every worker process builds the same Settings.
-    for key, value in (("HOST", host), ("PORT", port), ("WORKERS", workers), ("DEVICE", device)):
+    flags = (("HOST", host), ("PORT", port), ("WORKERS", workers), ("DEVICE", device))
+    for key, value in (*flags, ("GRPC_PORT", grpc_port)):
         if value is not None:
             os.environ[f"LOSSREG_{key}"] = str(value)
     settings = Settings()

@@ -50,6 +50,13 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Interface `lossreg serve` binds.")
     port: int = Field(8000, ge=0, le=65535, description="Port `lossreg serve` binds.")
     workers: int = Field(1, ge=1, description="uvicorn worker processes.")
+    grpc_port: int = Field(
+        8001,
+        ge=0,
+        le=65535,
+        description="Port of the gRPC service (inference.GRPCInferenceService) beside HTTP, on "
+        "the same host; 0 turns gRPC off.",
+    )
     api_keys: CommaList = Field(
         default_factory=list, description="If set, compute and catalog routes need one (Bearer)."
     )

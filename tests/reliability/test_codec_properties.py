@@ -28,9 +28,9 @@ from lossreg.protocol import (
     split_body,
     torch_name,
 )
+from lossreg.protocol.v1 import Form, decode_value, encode_value
 from lossreg_service.registry import LossRegistry
 from lossreg_service.server.inference import decode_request
-from lossreg_service.server.jsonapi import Form, decode_value, encode_value
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ROUND_TRIP = settings(max_examples=60, deadline=None)

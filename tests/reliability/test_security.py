@@ -206,7 +206,7 @@ def keyed_url() -> Iterator[str]:
 def test_the_route_table_has_guarded_compute_and_catalog_routes() -> None:
     guarded = {path for _, path in ROUTES if path not in OPEN}
     assert {"/v1/losses", "/v1/evaluate", "/v2/models/{name}/infer"} <= guarded
-    prefixes = ("/v1", "/v2/models", "/v2/systemsharedmemory")
+    prefixes = ("/v1", "/v2/models", "/v2/repository", "/v2/systemsharedmemory")
     assert all(path.startswith(prefixes) for path in guarded), guarded
 
 

@@ -16,7 +16,6 @@ import jsonschema
 import numpy as np
 import pytest
 import torch
-from torch import Tensor
 from typer.testing import CliRunner
 
 from lossreg.errors import InvalidInput
@@ -26,31 +25,9 @@ from lossreg_service.losses import zoo
 from lossreg_service.registry import LossRegistry
 from lossreg_service.settings import Settings
 from tests.integration._server import serve
+from tests.loss_cases import zoo_case as _case
 
 ZOO = sorted(zoo.__all__)
-
-
-def _case(name: str, seed: int = 0) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Valid inputs (float32 input, int32 class indices) and non-default parameters."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(2, 3, 4, 4, generator=g)
-    labels = torch.randint(0, 3, (2, 4, 4), generator=g, dtype=torch.int32)
-    masks = (torch.rand(2, 3, 4, 4, generator=g) > 0.5).float()
-    weight = torch.tensor([0.5, 1.0, 2.0])
-    if name == "log_cosh":
-        return {"input": x, "target": torch.randn(2, 3, 4, 4, generator=g)}, {"reduction": "sum"}
-    if name == "lovasz_hinge":
-        return {"input": x, "target": masks}, {"mode": "multilabel", "batch": True}
-    if name in ("lovasz_softmax", "weighted_cross_entropy"):
-        return {"input": x, "target": labels}, {"ignore_index": 2}
-    if name == "generalized_dice":
-        return {"input": x, "target": masks}, {"mode": "multilabel", "weight_type": "simple"}
-    params: dict[str, Any] = {"include_background": False}
-    if name == "focal":
-        params.update(gamma=1.5, alpha=0.25)
-    if name == "tversky":
-        params.update(alpha=0.3, beta=0.7)
-    return {"input": x, "target": labels, "weight": weight}, params
 
 
 @pytest.fixture(scope="module")

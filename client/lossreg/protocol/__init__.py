@@ -4,6 +4,9 @@
 - `dtypes`: KServe datatype names <-> numpy dtypes <-> torch dtype names.
 - `binary`: Triton's binary tensor extension (JSON header + raw bytes) framing.
 - `tensors`: wire tensors <-> numpy arrays, with the size and shape checks.
+- `names`: output and input names (``loss``, ``grad_<input>``, ``grad_loss``) and their errors.
+- `v1`: the ``/v1`` JSON API's tensor codec (nested lists, typed data, base64).
+- `extensions`: statistics, model configuration and repository index schemas.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 from .binary import (
     HEADER_LENGTH,
     Buffer,
+    announced_header_length,
     binary_data_size,
     encode_body,
     frame_body,
@@ -27,6 +31,18 @@ from .dtypes import (
     itemsize,
     numpy_dtype,
     torch_name,
+)
+from .extensions import *  # noqa: F403
+from .extensions import __all__ as _extension_names
+from .names import (
+    GRAD_LOSS,
+    GRAD_PREFIX,
+    LOSS,
+    grad_output,
+    input_of,
+    output_names,
+    unknown_input,
+    unknown_output,
 )
 from .schemas import *  # noqa: F403
 from .schemas import __all__ as _schema_names
@@ -56,10 +72,14 @@ RESERVED_PARAMETER_PREFIX = "triton_"
 
 __all__ = [
     "DATATYPES",
+    "GRAD_LOSS",
+    "GRAD_PREFIX",
     "HEADER_LENGTH",
+    "LOSS",
     "RESERVED_PARAMETERS",
     "RESERVED_PARAMETER_PREFIX",
     "Buffer",
+    "announced_header_length",
     "array_from_bytes",
     "array_from_json",
     "array_to_json_data",
@@ -73,11 +93,17 @@ __all__ = [
     "encode_body",
     "encode_tensor",
     "frame_body",
+    "grad_output",
+    "input_of",
     "itemsize",
     "numpy_dtype",
+    "output_names",
     "parse_header_length",
     "slice_binary_data",
     "split_body",
     "torch_name",
+    "unknown_input",
+    "unknown_output",
     *_schema_names,
+    *_extension_names,
 ]

@@ -22,6 +22,7 @@ from ..errors import InvalidRequest, InvalidTensor
 __all__ = [
     "HEADER_LENGTH",
     "Buffer",
+    "announced_header_length",
     "binary_data_size",
     "encode_body",
     "frame_body",
@@ -65,6 +66,13 @@ def parse_header_length(value: str | int | None, body_size: int) -> int | None:
             field=HEADER_LENGTH,
         )
     return value
+
+
+def announced_header_length(value: str | None) -> int | None:
+    """A response's ``Inference-Header-Content-Length`` as a number, None when it is absent or
+    not one (the body is then read as all JSON; `split_body` checks it against the body)."""
+    text = value.strip() if value else ""
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 def split_body(body: Buffer, header_length: str | int | None) -> tuple[memoryview, memoryview]:

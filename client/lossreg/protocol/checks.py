@@ -8,18 +8,17 @@ message and field the server would answer with. Specs are duck-typed: the engine
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from ..errors import InvalidInput, InvalidParameter, ShapeMismatch
+from .names import did_you_mean, unknown_input
 
 __all__ = [
     "TensorInfo",
     "check_grad",
     "check_shapes",
     "check_tensors",
-    "unknown_input",
     "unknown_parameter",
 ]
 
@@ -51,20 +50,6 @@ def _all(spec: LossSpecLike) -> list[TensorSpecLike]:
     return [*spec.inputs, *spec.tensor_params]
 
 
-def _did_you_mean(name: str, known: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def unknown_input(loss_name: str, name: str, known: Sequence[str]) -> InvalidInput:
-    """The error for a tensor a loss does not take: the same words on client and server."""
-    return InvalidInput(
-        f"{loss_name}: unknown input {name!r}; it takes {', '.join(known)}"
-        + _did_you_mean(name, known),
-        field=name,
-    )
-
-
 def unknown_parameter(spec: Any, name: str) -> InvalidParameter:
     """The error for a scalar parameter a loss does not have: a close match, the valid names,
     and, for a tensor parameter sent among the scalars, where it belongs."""
@@ -79,7 +64,7 @@ def unknown_parameter(spec: Any, name: str) -> InvalidParameter:
     known = sorted(spec.params_schema.get("properties", {}))
     takes = f"it takes {', '.join(known)}" if known else "it takes no scalar parameters"
     return InvalidParameter(
-        f"{spec.name}: unknown parameter {name!r}; {takes}{_did_you_mean(name, known)}",
+        f"{spec.name}: unknown parameter {name!r}; {takes}{did_you_mean(name, known)}",
         field=name,
     )
 

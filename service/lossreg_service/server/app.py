@@ -26,8 +26,10 @@ from .logs import configure_logging
 from .metrics import Metrics
 from .middleware import RequestContextMiddleware
 from .openapi import install_openapi
+from .pipeline import DataPlane
 from .readiness import Readiness, lifecycle
-from .routes import health, metrics, shm, sweep, v1, v2
+from .routes import health, metrics, repository, shm, sweep, v1, v2
+from .statistics import LocalStatistics
 from .tuning import configure_compute
 
 __all__ = ["create_app"]
@@ -70,11 +72,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics=metrics_,
         )
         app.state.batcher = configure_compute(app.state.executor, settings)
+        app.state.dataplane = DataPlane(
+            settings, app.state.executor, app.state.batcher, compute_dtype, app.state.statistics
+        )
+        grpc_server = None
         try:
             # The registry loads here (in the background unless plugins are strict).
             async with lifecycle(app, settings, app.state.readiness, metrics_):
+                if settings.grpc_port:  # imported only when on: grpcio is not needed otherwise
+                    from .grpc.server import GrpcServer
+
+                    starting = GrpcServer(app, settings)
+                    app.state.grpc_port = await starting.start()
+                    grpc_server = starting
                 yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop()
             app.state.executor.shutdown()
 
     app = FastAPI(
@@ -88,10 +102,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = None  # until the lifespan has loaded it
     app.state.readiness = Readiness()
     app.state.compute_dtype = compute_dtype
+    app.state.statistics = LocalStatistics()  # per process; see statistics.StatisticsStore
     add_exception_handlers(app)
     app.add_middleware(InferFastPath)  # inside the request-context middleware
     app.add_middleware(RequestContextMiddleware, metrics=metrics_)
-    for router in (health.router, v2.router, v1.router, metrics.router, shm.router):
+    routers = (health, repository, v2, v1, metrics, shm)  # repository before v2: /models/stats
+    for router in (r.router for r in routers):
         app.include_router(router)
     app.include_router(sweep.router)  # POST /v1/losses/{name}/sweep, for the explorer's plots
     install_explorer(app)  # the page at / and /explore

@@ -1,19 +1,42 @@
-"""Loss specs seen through each API: KServe model metadata (v2) and full specs (v1)."""
+"""Loss specs seen through each API: KServe model metadata, Triton's model configuration,
+repository index and statistics (v2, REST and gRPC alike) and full specs (v1)."""
 
 from __future__ import annotations
 
-from lossreg.errors import InvalidTensor, LossNotFound
+from lossreg.errors import InvalidTensor, LossNotFound, ModelControlDisabled
 from lossreg.protocol import (
+    GRAD_LOSS,
+    GRAD_PREFIX,
+    LOSS,
     LossSpecResponse,
     MetadataTensor,
+    ModelConfigResponse,
+    ModelConfigTensor,
+    ModelDynamicBatching,
     ModelMetadataResponse,
+    ModelStatisticsResponse,
+    RepositoryIndexEntry,
     datatype_from_torch_name,
 )
 
-from ..registry import LossSpec, TensorSpec
-from .inference import GRAD_LOSS, GRAD_PREFIX, LOSS
+from ..registry import LossRegistry, LossSpec, TensorSpec
+from ..settings import Settings
+from .statistics import StatisticsStore
 
-__all__ = ["PLATFORM", "check_version", "model_metadata", "spec_response", "versions"]
+__all__ = [
+    "BACKEND",
+    "PLATFORM",
+    "check_version",
+    "model_config",
+    "model_metadata",
+    "model_statistics",
+    "refuse_model_control",
+    "repository_index",
+    "spec_response",
+    "versions",
+]
+
+BACKEND = "lossreg"
 
 PLATFORM = "pytorch_loss"
 _PREFERRED = ("float32", "int64", "bool")
@@ -114,3 +137,82 @@ def model_metadata(spec: LossSpec) -> ModelMetadataResponse:
 def spec_response(spec: LossSpec) -> LossSpecResponse:
     """The full v1 description."""
     return LossSpecResponse.model_validate(spec.to_dict())
+
+
+def _config_tensor(tensor: MetadataTensor, optional: bool | None) -> ModelConfigTensor:
+    datatype = "STRING" if tensor.datatype == "BYTES" else tensor.datatype
+    return ModelConfigTensor(
+        name=tensor.name, data_type=f"TYPE_{datatype}", dims=tensor.shape, optional=optional
+    )
+
+
+def model_config(spec: LossSpec, settings: Settings) -> ModelConfigResponse:
+    """A minimal Triton model configuration: the metadata's tensors, no batch dimension of
+    Triton's own (``max_batch_size`` 0: a loss takes whole tensors), and dynamic batching as
+    configured."""
+    metadata = model_metadata(spec)
+    batching = (
+        ModelDynamicBatching(max_queue_delay_microseconds=settings.batch_max_delay_us)
+        if settings.batch_max_size > 1
+        else None
+    )
+    return ModelConfigResponse(
+        name=spec.name,
+        backend=BACKEND,
+        max_batch_size=0,
+        input=[
+            _config_tensor(t, bool((t.parameters or {}).get("optional", False)))
+            for t in metadata.inputs
+        ],
+        output=[_config_tensor(t, None) for t in metadata.outputs],
+        dynamic_batching=batching,
+    )
+
+
+def repository_index(registry: LossRegistry, *, ready: bool = False) -> list[RepositoryIndexEntry]:
+    """Every registered loss: ``READY``, or ``UNAVAILABLE`` with its plugin's error as reason
+    (``ready``: the ready ones only)."""
+    out = []
+    for spec in registry.list():
+        if ready and not spec.available:
+            continue
+        out.append(
+            RepositoryIndexEntry(
+                name=spec.name,
+                version=versions(spec)[0],
+                state="READY" if spec.available else "UNAVAILABLE",
+                reason="" if spec.available else (spec.error or "the plugin failed to load"),
+            )
+        )
+    return out
+
+
+def model_statistics(
+    registry: LossRegistry,
+    statistics: StatisticsStore,
+    name: str | None = None,
+    version: str | None = None,
+) -> ModelStatisticsResponse:
+    """Statistics of one loss (``name``, optionally one ``version``) or of every ready loss.
+
+    Raises:
+        LossNotFound / AmbiguousLoss / LossUnavailable: ``name`` cannot be served.
+    """
+    if name:
+        spec = registry.get(name).spec
+        check_version(spec, version or None)
+        specs = [spec]
+    else:
+        specs = registry.list(include_unavailable=False)
+    stats = statistics.snapshot((s.name, versions(s)[0]) for s in specs)
+    return ModelStatisticsResponse.model_validate({"model_stats": stats})
+
+
+def refuse_model_control(action: str, name: str) -> ModelControlDisabled:
+    """The error every model load/unload gets: the registry is fixed at start-up."""
+    return ModelControlDisabled(
+        f"cannot {action} {name!r}: lossreg's registry is fixed at start-up so every replica "
+        "serves the same losses; choose them with LOSSREG_ALLOW / LOSSREG_DENY (and "
+        "LOSSREG_PLUGINS) and restart",
+        field="name",
+    )

@@ -1,14 +1,15 @@
 """Between the wire and the engine: decoded numpy arrays <-> torch tensors, and back.
 
-The only server module besides the executor that touches torch. Arrays that are views of the
-request body (a ``bytearray``) become tensors without a copy; read-only arrays are copied first
-(torch warns about, and must not write into, read-only memory). BF16 travels as ``uint16``
-words and is viewed as ``torch.bfloat16``.
+The only server module besides the executor that touches torch. The conversions themselves are
+`lossreg.protocol.torch_bridge`'s, the client's too: arrays that are views of the request body
+(a ``bytearray``) become tensors without a copy; read-only arrays are copied first. BF16
+travels as ``uint16`` words and is viewed as ``torch.bfloat16``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,42 +17,31 @@ import numpy as np
 import torch
 
 from lossreg.errors import ComputeError, InvalidTensor
-from lossreg.protocol import datatype_from_torch_name
+from lossreg.protocol.torch_bridge import array_to_tensor, tensor_to_array
 
 from ..engine import Evaluation, Term, dtype_name, evaluate_terms
 from ..engine.batching import evaluate_batch
 from ..registry import Loss
+from .readiness import device_failure
 
 __all__ = ["Computation", "compute", "compute_batch", "to_numpy", "to_torch"]
 
 
 def to_torch(array: np.ndarray, datatype: str) -> torch.Tensor:
     """A tensor sharing ``array``'s memory when it is writable (BF16 words viewed as bfloat16)."""
-    if not array.flags.writeable or not array.flags.c_contiguous:
-        array = np.array(array, copy=True, order="C")
-    if array.dtype.byteorder == ">":
-        array = array.astype(array.dtype.newbyteorder("<"))
-    tensor = torch.from_numpy(array)
-    if datatype == "BF16":
-        tensor = tensor.view(torch.bfloat16)
+    tensor: torch.Tensor = array_to_tensor(array, datatype)
     return tensor
 
 
 def to_numpy(tensor: torch.Tensor) -> tuple[np.ndarray, str]:
     """A CPU array and its KServe datatype (bfloat16 as ``uint16`` words)."""
-    t = tensor.detach()
-    if t.device.type != "cpu":
-        t = t.cpu()
-    t = t.contiguous()
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view("<u2"), "BF16"
     try:
-        datatype = datatype_from_torch_name(dtype_name(t.dtype))
+        return tensor_to_array(tensor)
     except InvalidTensor:  # the loss's fault, not the request's
         raise ComputeError(
-            f"the loss returned a {dtype_name(t.dtype)} tensor, which the protocol cannot carry"
+            f"the loss returned a {dtype_name(tensor.dtype)} tensor, which the protocol cannot "
+            "carry"
         ) from None
-    return t.numpy(), datatype
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,10 +64,13 @@ class Result:
     grads: dict[str, tuple[np.ndarray, str]]
     terms: dict[str, float]
     nonfinite: tuple[str, ...] = ()  # outputs holding NaN/Inf ("loss", "grad_<input>")
+    compute_ns: int = 0  # evaluating it (for a batch: the whole batch), for the statistics
+    batch_size: int = 1  # the requests computed together with it, itself included
 
 
 def compute(computation: Computation, device: torch.device) -> Result:
     """Run on a worker thread: to torch, evaluate on ``device``, back to numpy."""
+    start = time.perf_counter_ns()
     tensors = {name: to_torch(a, dt) for name, (a, dt) in computation.inputs.items()}
     grad_loss = to_torch(*computation.grad_loss) if computation.grad_loss is not None else None
     evaluation: Evaluation = evaluate_terms(
@@ -94,6 +87,7 @@ def compute(computation: Computation, device: torch.device) -> Result:
         grads={name: to_numpy(g) for name, g in evaluation.grads.items()},
         terms={key: float(v) for key, v in evaluation.terms.items()},
         nonfinite=evaluation.nonfinite,
+        compute_ns=time.perf_counter_ns() - start,
     )
 
 
@@ -108,6 +102,7 @@ def compute_batch(
     loss, parameters, gradients, shapes and dtypes) through `evaluate_batch`; each gets its
     own result or error."""
     first = computations[0]
+    start = time.perf_counter_ns()
     items = [
         (
             {name: to_torch(a, dt) for name, (a, dt) in c.inputs.items()},
@@ -126,8 +121,11 @@ def compute_batch(
         vmap=vmap,
     )
     results: list[Result | Exception] = []
+    elapsed = time.perf_counter_ns() - start
     for evaluation in evaluations:
         if isinstance(evaluation, Exception):
+            if device_failure(evaluation) is not None:
+                raise evaluation  # the device's fault, not the item's: the whole batch fails
             results.append(evaluation)
             continue
         try:
@@ -137,6 +135,8 @@ def compute_batch(
                     grads={name: to_numpy(g) for name, g in evaluation.grads.items()},
                     terms={},
                     nonfinite=evaluation.nonfinite,
+                    compute_ns=elapsed,
+                    batch_size=len(computations),
                 )
             )
         except ComputeError as exc:

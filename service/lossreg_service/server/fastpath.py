@@ -4,7 +4,7 @@ For a small inference request FastAPI's routing, dependency solving and ``Reques
 cost about as much as decoding, computing and encoding it. This pure-ASGI middleware sits
 inside `RequestContextMiddleware` (so request ids, metrics, the access log and the 500
 fallback are unchanged) and answers that one route by calling the same functions the FastAPI
-route calls: `require_api_key`, the v2 routes' loss resolution, `run_inference`, and the
+route calls: `require_api_key`, the pipeline's `resolve_loss` and `run_inference`, and the
 app's registered exception handlers for errors. Every other request, the versioned infer
 route included, goes to FastAPI as before; the FastAPI route stays for the OpenAPI document.
 """
@@ -19,8 +19,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .auth import require_api_key
-from .deps import registry_when_loaded
-from .routes.v2 import _infer, _resolve
+from .pipeline import resolve_loss, run_inference
 
 __all__ = ["InferFastPath"]
 
@@ -50,8 +49,7 @@ class InferFastPath:
         request = Request(scope, receive, send)
         try:
             await require_api_key(request)
-            loss = _resolve(request, await registry_when_loaded(app), match.group(1))
-            response = await _infer(request, loss, app.state.settings, app.state.executor)
+            response = await run_inference(request, await resolve_loss(request, match.group(1)))
         except Exception as exc:
             handler = _handler(app, exc)
             if handler is None:

@@ -20,6 +20,9 @@ import pydantic
 
 from lossreg.errors import InvalidInput, InvalidParameter, InvalidRequest, InvalidTensor
 from lossreg.protocol import (
+    GRAD_LOSS,
+    GRAD_PREFIX,
+    LOSS,
     RESERVED_PARAMETER_PREFIX,
     RESERVED_PARAMETERS,
     Buffer,
@@ -28,21 +31,29 @@ from lossreg.protocol import (
     decode_tensor,
     encode_tensor,
     frame_body,
+    input_of,
+    output_names,
     slice_binary_data,
     split_body,
+    unknown_input,
+    unknown_output,
 )
-from lossreg.protocol.checks import unknown_input
 
 from ..registry import LossSpec
 from .errors import from_validation_error
 from .shm import SHM_BYTE_SIZE, SHM_OFFSET, SHM_REGION, SharedMemoryRegions
 from .shm import reference as shm_reference
 
-__all__ = ["GRAD_LOSS", "Decoded", "OutputPlan", "decode_request", "encode_response"]
+__all__ = [
+    "GRAD_LOSS",
+    "Decoded",
+    "OutputPlan",
+    "decode_entries",
+    "decode_request",
+    "encode_response",
+    "selected_outputs",
+]
 
-GRAD_LOSS = "grad_loss"
-LOSS = "loss"
-GRAD_PREFIX = "grad_"
 NONFINITE = "nonfinite"  # request parameter: "reject" | "allow"; response parameter: the outputs
 
 
@@ -86,7 +97,7 @@ def _plan(
     params = request.parameters or {}
     binary_default = _is_true(params.get("binary_data_output"))
     differentiable = [t.name for t in spec.inputs + spec.tensor_params if t.differentiable]
-    known = [LOSS] + [GRAD_PREFIX + n for n in differentiable]
+    known = output_names(differentiable)
     if not request.outputs:
         by_default = [t.name for t in spec.inputs + spec.tensor_params if t.grad_by_default]
         grads = [n for n in differentiable if n in sent and n in by_default]
@@ -97,11 +108,7 @@ def _plan(
     windows: dict[str, tuple[str, int, memoryview]] = {}
     for requested in request.outputs:
         if requested.name not in known:
-            raise InvalidInput(
-                f"{spec.name}: unknown output {requested.name!r}; it has outputs "
-                + ", ".join(known),
-                field=requested.name,
-            )
+            raise unknown_output(spec.name, requested.name, known)
         if any(requested.name == name for name, _ in outputs):
             raise InvalidInput(f"output {requested.name!r} requested twice", field=requested.name)
         flag = (requested.parameters or {}).get("binary_data")
@@ -114,7 +121,7 @@ def _plan(
             windows[requested.name] = (region, offset, view)
             flag = False
         outputs.append((requested.name, binary_default if flag is None else _is_true(flag)))
-    grad = [name[len(GRAD_PREFIX) :] for name, _ in outputs if name != LOSS]
+    grad = [input_of(name) for name, _ in outputs if name != LOSS]
     return OutputPlan(outputs, grad, windows)
 
 
@@ -161,6 +168,30 @@ def decode_request(
         raise from_validation_error(exc, "inference request") from None
     entries = raw["inputs"]
     binary = slice_binary_data(entries, tail, kind="input")
+    return decode_entries(spec, request, entries, binary, shm)
+
+
+def decode_entries(
+    spec: LossSpec,
+    request: InferRequest,
+    entries: Sequence[Mapping[str, Any]],
+    binary: Mapping[str, Buffer],
+    shm: SharedMemoryRegions | None = None,
+) -> Decoded:
+    """Check and decode a parsed inference request, whatever its transport.
+
+    Args:
+        spec: the loss.
+        request: the validated request (its inputs' ``data`` is not read here).
+        entries: the inputs as wire dicts (``name``, ``datatype``, ``shape``, ``data`` or
+            ``parameters``), in order.
+        binary: input name -> its raw bytes, for inputs sent as bytes.
+        shm: the registered shared-memory regions, when enabled.
+
+    Raises:
+        InvalidTensor / ShapeMismatch: a tensor whose declared datatype, shape and data disagree.
+        InvalidInput: an unknown or repeated input or output name.
+    """
     names = {t.name for t in spec.inputs + spec.tensor_params}
     takes_grad_loss = GRAD_LOSS not in names
     inputs: dict[str, tuple[np.ndarray, str]] = {}
@@ -170,9 +201,7 @@ def decode_request(
         if name in inputs or (name == GRAD_LOSS and grad_loss is not None):
             raise InvalidInput(f"input {name!r} is sent twice", field=name)
         if name not in names and not (takes_grad_loss and name == GRAD_LOSS):
-            raise unknown_input(
-                spec.name, name, sorted(names) + ([GRAD_LOSS] if takes_grad_loss else [])
-            )
+            raise unknown_input(spec.name, name, sorted(names), takes_grad_loss)
         raw = binary.get(name)
         if raw is None:
             raw = _shm_input(entry, name, shm)
@@ -229,6 +258,21 @@ def _shm_output(
             "parameters": parameters}  # fmt: skip
 
 
+def selected_outputs(
+    decoded: Decoded,
+    loss: tuple[np.ndarray, str],
+    grads: Mapping[str, tuple[np.ndarray, str]],
+) -> list[tuple[np.ndarray, str]]:
+    """The arrays (and datatypes) of the planned outputs, in the plan's order."""
+    return [loss if name == LOSS else grads[input_of(name)] for name, _ in decoded.plan.outputs]
+
+
+def flagged_outputs(decoded: Decoded, nonfinite: Sequence[str]) -> list[str]:
+    """The sent outputs holding NaN/Inf: the response's ``nonfinite`` parameter."""
+    sent = {name for name, _ in decoded.plan.outputs}
+    return [name for name in nonfinite if name in sent]
+
+
 def encode_response(
     spec: LossSpec,
     decoded: Decoded,
@@ -244,8 +288,9 @@ def encode_response(
     """
     outputs: list[dict[str, Any]] = []
     buffers: list[Buffer] = []
-    for name, binary in decoded.plan.outputs:
-        array, datatype = loss if name == LOSS else grads[name[len(GRAD_PREFIX) :]]
+    for (name, binary), (array, datatype) in zip(
+        decoded.plan.outputs, selected_outputs(decoded, loss, grads)
+    ):
         if name in decoded.plan.shm:
             outputs.append(_shm_output(name, array, datatype, *decoded.plan.shm[name]))
             continue
@@ -256,8 +301,7 @@ def encode_response(
     header: dict[str, Any] = {"model_name": spec.name, "model_version": spec.version or "1"}
     if decoded.request_id is not None:
         header["id"] = decoded.request_id
-    sent = [name for name, _ in decoded.plan.outputs]
-    flagged = [name for name in nonfinite if name in sent]
+    flagged = flagged_outputs(decoded, nonfinite)
     if flagged:
         header["parameters"] = {NONFINITE: ",".join(flagged)}
     header["outputs"] = outputs

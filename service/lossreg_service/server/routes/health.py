@@ -12,7 +12,13 @@ from ..deps import SettingsDep
 
 router = APIRouter(prefix="/v2", tags=["health"])
 
-EXTENSIONS = ["binary_tensor_data", "parameters"]
+EXTENSIONS = [
+    "binary_tensor_data",
+    "parameters",
+    "statistics",
+    "model_configuration",
+    "model_repository",
+]
 
 
 @router.get("/health/live", response_model=ServerLiveResponse)

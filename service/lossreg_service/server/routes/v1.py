@@ -13,6 +13,7 @@ from starlette.responses import Response
 
 from lossreg.errors import InvalidParameter, LossRegError
 from lossreg.protocol import (
+    GRAD_LOSS,
     Buffer,
     ComposeRequest,
     ComposeResponse,
@@ -23,18 +24,19 @@ from lossreg.protocol import (
     LossSpecResponse,
     torch_name,
 )
+from lossreg.protocol.v1 import Form, decode_value, encode_value
 
 from ...engine import Term
 from ...registry import Loss, LossRegistry
 from ..auth import require_api_key
 from ..body import encoded_response, read_admitted_body
 from ..catalog import spec_response
-from ..dataplane import Computation, Result, compute, single
+from ..dataplane import Computation, Result, compute
 from ..deps import ExecutorDep, RegistryDep, SettingsDep
 from ..errors import from_validation_error
-from ..inference import parse_json
-from ..jsonapi import Form, decode_value, encode_value
+from ..inference import Decoded, OutputPlan, parse_json
 from ..openapi import request_body
+from ..pipeline import dataplane, infer, observe, resolve_loss
 
 router = APIRouter(prefix="/v1", tags=["v1"], dependencies=[Depends(require_api_key)])
 
@@ -95,36 +97,28 @@ def _grads(result: Result, forms: Mapping[str, Form]) -> dict[str, Any]:
     responses=_ERRORS,
     openapi_extra=request_body("EvaluateRequest"),
 )
-async def evaluate(
-    name: str,
-    request: Request,
-    registry: RegistryDep,
-    settings: SettingsDep,
-    executor: ExecutorDep,
-) -> Response:
-    """Value and gradients of one loss; gradients come back in the form their input was sent."""
-    request.state.compute = True
-    loss = registry.get(name)
-    request.state.loss = loss.spec.name
-    body = await read_admitted_body(request, executor, settings.max_request_bytes)
-    compute_dtype = request.app.state.compute_dtype
+async def evaluate(name: str, request: Request) -> Response:
+    """Value and gradients of one loss; gradients come back in the form their input was sent.
 
-    def work(device: Any) -> list[Buffer]:
+    Through the same dataplane as v2 inference (`pipeline.infer`): one queue, dynamic batching
+    with v2 and gRPC requests of the same shapes, and the model statistics."""
+    loss = await resolve_loss(request, name)
+    plane = dataplane(request.app)
+    settings = plane.settings
+    forms: dict[str, Form] = {}
+
+    def decode() -> Decoded:
         req: EvaluateRequest = _validate(EvaluateRequest, body, "evaluate request")
-        inputs, forms = _decode_inputs(req.inputs)
+        inputs, sent_as = _decode_inputs(req.inputs)
+        forms.update(sent_as)
         grad_loss = None
         if req.grad_loss is not None:
-            array, datatype, _ = decode_value("grad_loss", req.grad_loss)
+            array, datatype, _ = decode_value(GRAD_LOSS, req.grad_loss)
             grad_loss = (array, datatype)
-        computation = Computation(
-            single(loss, req.params),
-            inputs,
-            grad=req.grad,
-            grad_loss=grad_loss,
-            compute_dtype=compute_dtype,
-            nonfinite=req.nonfinite or settings.nonfinite,
-        )
-        result = compute(computation, device)
+        plan = OutputPlan([], None if req.grad is None else list(req.grad))
+        return Decoded(None, inputs, grad_loss, dict(req.params), plan, req.nonfinite)
+
+    def encode(_: Decoded, result: Result) -> list[Buffer]:
         value, datatype = result.loss
         out = {
             "name": loss.spec.name,
@@ -136,7 +130,9 @@ async def evaluate(
         }
         return [orjson.dumps(out, option=_JSON)]
 
-    chunks = await executor.run(work, loss=loss.spec.name)
+    with observe(plane.statistics, loss) as times:
+        body = await read_admitted_body(request, plane.executor, settings.max_request_bytes)
+        chunks = await infer(plane, loss, decode, encode, size=len(body), times=times)
     return encoded_response(request, chunks, min_bytes=settings.compress_min_bytes)
 
 

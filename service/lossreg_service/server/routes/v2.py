@@ -18,12 +18,11 @@ from lossreg.protocol import (
     ModelReadyResponse,
 )
 
-from ...registry import Loss
 from ..auth import require_api_key
 from ..catalog import check_version, model_metadata
-from ..deps import ExecutorDep, RegistryDep, SettingsDep
+from ..deps import RegistryDep
 from ..openapi import request_body
-from ..pipeline import run_inference
+from ..pipeline import resolve_loss, run_inference
 
 router = APIRouter(prefix="/v2/models", tags=["v2"], dependencies=[Depends(require_api_key)])
 
@@ -72,20 +71,6 @@ async def ready_version(name: str, version: str, registry: RegistryDep) -> Model
     return ModelReadyResponse(name=loss.spec.name, ready=True)
 
 
-async def _infer(
-    request: Request, loss: Loss, settings: SettingsDep, executor: ExecutorDep
-) -> Response:
-    batcher = getattr(request.app.state, "batcher", None)
-    return await run_inference(request, loss, settings, executor, batcher)
-
-
-def _resolve(request: Request, registry: RegistryDep, name: str) -> Loss:
-    request.state.compute = True
-    loss = registry.get(name)
-    request.state.loss = loss.spec.name
-    return loss
-
-
 @router.post(
     "/{name}/infer",
     response_model=InferResponse,
@@ -93,15 +78,9 @@ def _resolve(request: Request, registry: RegistryDep, name: str) -> Loss:
     openapi_extra=_INFER_BODY,
     description=_INFER_DOC,
 )
-async def infer(
-    name: str,
-    request: Request,
-    registry: RegistryDep,
-    settings: SettingsDep,
-    executor: ExecutorDep,
-) -> Response:
+async def infer(name: str, request: Request) -> Response:
     """Evaluate a loss (KServe v2 inference)."""
-    return await _infer(request, _resolve(request, registry, name), settings, executor)
+    return await run_inference(request, await resolve_loss(request, name))
 
 
 @router.post(
@@ -111,15 +90,8 @@ async def infer(
     openapi_extra=_INFER_BODY,
     description=_INFER_DOC,
 )
-async def infer_version(
-    name: str,
-    version: str,
-    request: Request,
-    registry: RegistryDep,
-    settings: SettingsDep,
-    executor: ExecutorDep,
-) -> Response:
+async def infer_version(name: str, version: str, request: Request) -> Response:
     """Evaluate one version of a loss (KServe v2 inference)."""
-    loss = _resolve(request, registry, name)
+    loss = await resolve_loss(request, name)
     check_version(loss.spec, version)
-    return await _infer(request, loss, settings, executor)
+    return await run_inference(request, loss)
