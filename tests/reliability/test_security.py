@@ -239,6 +239,13 @@ LIMITS: dict[str, tuple[Any, Any, str]] = {
     "batch_max_delay_us": (0, 100_000, "wait for a batch to fill (0: none)"),
     "batch_max_bytes": (64 * 1024, 1 * MIB, "largest request body that is batched"),
     "intra_op_threads": (0, 64, "torch threads per computation (0: cores / computations)"),
+    "max_header_bytes": (64 * 1024, 1 * MIB, "request line + headers (431)"),
+    "max_headers": (100, 1000, "header fields per request (431)"),
+    "client_header_timeout_s": (60.0, 120.0, "time to send a request head, then closed"),
+    "client_body_timeout_s": (60.0, 120.0, "pause between body reads, then closed"),
+    "keep_alive_timeout_s": (5.0, 120.0, "idle keep-alive, then closed"),
+    "max_connections": (0, 0, "open connections per worker (0: descriptor limit - 128)"),
+    "max_body_bytes_in_flight": (0, 0, "body bytes received or held (0: memory / 4 / workers)"),
 }
 LIMIT_WORDS = ("max_", "timeout", "_bytes", "threads", "queue", "workers", "retry")
 

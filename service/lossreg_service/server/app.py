@@ -18,6 +18,7 @@ from lossreg import __version__
 
 from ..engine import parse_dtype
 from ..settings import Settings
+from .body import BodyBudget
 from .errors import add_exception_handlers
 from .executor import ComputeExecutor, resolve_devices
 from .fastpath import InferFastPath
@@ -26,6 +27,7 @@ from .metrics import Metrics
 from .middleware import RequestContextMiddleware
 from .openapi import install_openapi
 from .routes import health, metrics, shm, v1, v2
+from .supervision import die_with_supervisor
 from .tuning import configure_compute
 
 __all__ = ["create_app"]
@@ -52,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """
     settings = settings or Settings()
     configure_logging(settings.log_level)
+    die_with_supervisor()  # a worker of `lossreg serve --workers N` ends with its supervisor
     devices = resolve_devices(settings.device_names)
     compute_dtype = parse_dtype(settings.compute_dtype)
     metrics_ = Metrics()
@@ -88,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics_
     app.state.compute_dtype = compute_dtype
+    app.state.body_budget = BodyBudget.from_settings(settings, metrics_.body_bytes)
     add_exception_handlers(app)
     app.add_middleware(InferFastPath)  # inside the request-context middleware
     app.add_middleware(RequestContextMiddleware, metrics=metrics_)

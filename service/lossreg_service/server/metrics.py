@@ -5,7 +5,7 @@
 - ``lossreg_request_duration_seconds{route, method}``: whole request, every route.
 - ``lossreg_queue_duration_seconds{device}`` / ``lossreg_compute_duration_seconds{loss, device}``.
 - ``lossreg_requests_in_flight``, ``lossreg_requests_queued{device}``,
-  ``lossreg_requests_running{device}``.
+  ``lossreg_requests_running{device}``, ``lossreg_request_body_bytes_in_flight``.
 - ``lossreg_device_memory_bytes{device, kind}``: read when scraped (CUDA allocated/reserved;
   the process's resident memory for the CPU).
 """
@@ -103,6 +103,11 @@ class Metrics:
         )
         self.running = Gauge(
             "lossreg_requests_running", "Computations running", ["device"], registry=r
+        )
+        self.body_bytes = Gauge(
+            "lossreg_request_body_bytes_in_flight",
+            "Request-body bytes being received or held (LOSSREG_MAX_BODY_BYTES_IN_FLIGHT)",
+            registry=r,
         )
         r.register(_DeviceMemoryCollector(lambda: self._devices))
 

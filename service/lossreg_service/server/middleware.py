@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lossreg.protocol.limits import bounded
 
+from .body import release_request
 from .errors import internal_error_response
 from .metrics import Metrics
 
@@ -85,6 +86,7 @@ class RequestContextMiddleware:
             if not started:
                 await internal_error_response(request_id)(scope, receive, send_with_id)
         finally:
+            release_request(state)  # the body budget this request held
             self.metrics.in_flight.dec()
             self._record(scope, state, status, time.perf_counter() - start)
             request_id_var.reset(token)
