@@ -176,8 +176,9 @@ OPEN = {
     "/docs",
     "/docs/oauth2-redirect",
     "/redoc",
+    "/docs/static/{asset}",  # Swagger UI / ReDoc assets, vendored (no CDN)
 }
-PATH_VALUES = {"name": "mse_loss", "version": "0.1.0"}
+PATH_VALUES = {"name": "mse_loss", "version": "0.1.0", "asset": "favicon.png"}
 
 
 def _routes() -> list[tuple[str, str]]:

@@ -19,6 +19,7 @@ from lossreg import __version__
 from ..engine import parse_dtype
 from ..settings import Settings
 from .body import BodyBudget
+from .docs import install_docs
 from .errors import add_exception_handlers
 from .executor import ComputeExecutor, resolve_devices
 from .fastpath import InferFastPath
@@ -87,6 +88,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served by install_docs, without a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics_
@@ -98,4 +101,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (health.router, v2.router, v1.router, metrics.router, shm.router):
         app.include_router(router)
     install_openapi(app)
+    install_docs(app)
     return app

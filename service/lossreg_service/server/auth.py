@@ -7,8 +7,9 @@ open whatever the setting, so orchestrators and scrapers need no secret.
 from __future__ import annotations
 
 import hmac
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from lossreg.errors import Unauthorized
@@ -26,12 +27,21 @@ def _matches(candidate: str, keys: list[str]) -> bool:
     return found
 
 
-async def require_api_key(request: Request) -> None:
-    """Dependency: pass, or raise `Unauthorized` (401 with ``WWW-Authenticate: Bearer``)."""
+async def require_api_key(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None,
+) -> None:
+    """Dependency: pass, or raise `Unauthorized` (401 with ``WWW-Authenticate: Bearer``).
+
+    Declared through `Security(bearer)`, so the OpenAPI document lists the bearer scheme on
+    every route that needs it; callers outside FastAPI's DI (the infer fast path) pass only the
+    request and the header is read here.
+    """
     keys: list[str] = request.app.state.settings.api_keys
     if not keys:
         return
-    credentials: HTTPAuthorizationCredentials | None = await bearer(request)
+    if credentials is None:
+        credentials = await bearer(request)
     if credentials is None:
         raise Unauthorized(
             "this route needs an API key: send 'Authorization: Bearer <key>'",
