@@ -7,14 +7,14 @@ open whatever the setting, so orchestrators and scrapers need no secret.
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from lossreg.errors import Unauthorized
 
-__all__ = ["bearer", "require_api_key"]
+__all__ = ["bearer", "mark_auth_optional", "require_api_key"]
 
 bearer = HTTPBearer(auto_error=False, description="An API key from LOSSREG_API_KEYS.")
 
@@ -49,3 +49,13 @@ async def require_api_key(
         )
     if not _matches(credentials.credentials, keys):
         raise Unauthorized("the API key is not valid", field="Authorization")
+
+
+def mark_auth_optional(document: dict[str, Any]) -> None:
+    """With ``LOSSREG_API_KEYS`` empty every route is open: each secured operation of the OpenAPI
+    ``document`` also accepts no credentials (an empty requirement beside the bearer scheme)."""
+    for path in document.get("paths", {}).values():
+        for operation in path.values():
+            security = operation.get("security") if isinstance(operation, dict) else None
+            if security and {} not in security:
+                security.append({})

@@ -9,9 +9,8 @@ from pathlib import Path
 import fastapi_offline
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from starlette.exceptions import HTTPException
 from starlette.responses import FileResponse, HTMLResponse
-
-from lossreg.errors import LossRegError
 
 __all__ = ["install_docs"]
 
@@ -23,11 +22,6 @@ _FILES = {
     "favicon.png": "image/png",
 }
 _STATIC = "/docs/static"
-
-
-class _NoSuchAsset(LossRegError):
-    status_code = 404
-    code = "not_found"
 
 
 def install_docs(app: FastAPI) -> None:
@@ -61,5 +55,5 @@ def install_docs(app: FastAPI) -> None:
     async def static_asset(asset: str) -> FileResponse:
         media_type = _FILES.get(asset)  # a fixed list: no path from the client reaches the disk
         if media_type is None:
-            raise _NoSuchAsset(f"no documentation asset named {asset!r}", field="asset")
+            raise HTTPException(404, "no such documentation asset")
         return FileResponse(_ASSETS / asset, media_type=media_type)
