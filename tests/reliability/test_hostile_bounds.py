@@ -101,6 +101,41 @@ def test_a_composition_past_its_timeout_stops_computing(short: httpx.Client) -> 
     assert_still_serving(http)
 
 
+def test_a_batch_past_its_timeout_stops_between_items(logs: _Collect) -> None:
+    """Eight small requests for the same loss run as one batch, one item after another (CPU);
+    at the timeout the batch stops at its next item instead of computing all eight."""
+    settings = _Settings(
+        device="cpu",
+        log_level="info",
+        compute_timeout_s=TIMEOUT_S,
+        compute_threads=1,
+        batch_max_delay_us=100_000,  # gather all eight into one batch
+    )
+    body = {
+        "inputs": [{"name": "input", "shape": [2], "datatype": "FP32", "data": [1.0, 2.0]}],
+        "parameters": {"seconds": 0.2},
+    }
+    CALLS.clear()
+    statuses: list[int] = []
+    with running(settings) as server:
+
+        def one() -> None:
+            r = httpx.post(f"{server.url}/v2/models/counting_loss/infer", json=body, timeout=30)
+            statuses.append(r.status_code)
+
+        threads = [threading.Thread(target=one) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        time.sleep(0.5)
+        done = len(CALLS)
+        time.sleep(1.0)
+        assert len(CALLS) == done, "the abandoned batch kept computing after its 504s"
+    assert statuses.count(504) >= 4, statuses
+    assert done < 8
+
+
 def test_too_many_terms_is_a_400_naming_terms_at_once(http: httpx.Client) -> None:
     body = {"terms": _terms(60_000, 0.0), "inputs": {"input": [1.0]}}
     start = time.monotonic()
