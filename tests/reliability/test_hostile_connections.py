@@ -237,6 +237,10 @@ def test_refusal_carries_retry_after_and_metrics_show_bytes_in_flight(served: Se
         )
         assert r.status_code == 503 and r.json()["code"] == "server_busy", r.text[:200]
         assert int(r.headers["Retry-After"]) >= 1
-    time.sleep(0.3)
-    metrics = httpx.get(f"{served.url}/metrics", timeout=10).text
-    assert re.search(r"^lossreg_request_body_bytes_in_flight 0\.0$", metrics, re.M)
+    deadline = time.monotonic() + 10  # the holder's disconnect gives its reservation back
+    while True:
+        metrics = httpx.get(f"{served.url}/metrics", timeout=10).text
+        if re.search(r"^lossreg_request_body_bytes_in_flight 0\.0$", metrics, re.M):
+            break
+        assert time.monotonic() < deadline, "the reservation was never given back"
+        time.sleep(0.1)
