@@ -17,8 +17,13 @@ from collections.abc import Iterator
 import httpx
 import numpy as np
 import pytest
+import uvicorn
 
-from ._harness import binary_body
+from lossreg_service.server import create_app
+from lossreg_service.server.protocol import uvicorn_options
+from tests.integration._server import free_port
+
+from ._harness import RELEASE, FaultSettings, binary_body
 from ._served import Served, lossreg_serve, peak_rss, raw, rss
 
 HEADER_TIMEOUT_S = 2.0
@@ -244,3 +249,47 @@ def test_refusal_carries_retry_after_and_metrics_show_bytes_in_flight(served: Se
             break
         assert time.monotonic() < deadline, "the reservation was never given back"
         time.sleep(0.1)
+
+
+def test_at_the_cap_with_every_connection_computing_a_new_one_gets_503() -> None:
+    """Nothing to shed (every connection waits on the server): the newcomer is refused with a
+    503 at once instead of queueing beyond the descriptor budget; once the work ends, room."""
+    RELEASE.clear()
+    settings = FaultSettings(device="cpu", log_level="critical", max_connections=3)
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="critical",
+        access_log=False, **uvicorn_options(settings, in_process=True),
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    socks: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        body = b'{"inputs": {"input": [1.0]}}'
+        for _ in range(3):  # three requests computing (hanging) hold every connection
+            sock = raw(url)
+            sock.sendall(
+                b"POST /v1/losses/hanging_loss/evaluate HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(body), body)
+            )
+            socks.append(sock)
+        time.sleep(0.3)
+        with raw(url) as late:
+            late.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert _status(_answer(late)) == 503
+    finally:
+        RELEASE.set()
+        for sock in socks:
+            sock.close()
+    time.sleep(0.3)
+    assert httpx.get(f"{url}/v2/health/live", timeout=10).status_code == 200
+    server.should_exit = True
+    thread.join(15)
