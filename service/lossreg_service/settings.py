@@ -125,6 +125,12 @@ class Settings(BaseSettings):
     client_body_timeout_s: float = Field(
         60.0, gt=0, description="Longest pause between two reads of a request body."
     )
+    client_body_min_rate: float = Field(
+        64 * 1024,
+        ge=0,
+        description="When the body budget is full, uploads slower than this (bytes/s) give "
+        "way to new requests (503); 0: never.",
+    )
     keep_alive_timeout_s: float = Field(
         5.0, gt=0, description="An idle keep-alive connection is closed after this."
     )

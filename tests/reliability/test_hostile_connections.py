@@ -293,3 +293,26 @@ def test_at_the_cap_with_every_connection_computing_a_new_one_gets_503() -> None
     assert httpx.get(f"{url}/v2/health/live", timeout=10).status_code == 200
     server.should_exit = True
     thread.join(15)
+
+
+def test_a_slow_upload_cannot_sit_on_the_budget(served: Served) -> None:
+    """A client declares most of the budget and sends a few bytes: when a real request needs
+    the room, the slow one gives way (503) instead of the real one being refused."""
+    with raw(served.url) as slow:
+        slow.sendall(
+            b"POST /v1/losses/mse_loss/evaluate HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n[" % (BUDGET - 1024)
+        )
+        time.sleep(1.3)  # slower than LOSSREG_CLIENT_BODY_MIN_RATE for over a second
+        n = 1024 * 1024
+        x = np.linspace(-1, 1, n, dtype=np.float32)
+        body, headers = binary_body({"input": x, "target": np.zeros(n, np.float32)})
+        r = httpx.post(
+            f"{served.url}/v2/models/mse_loss/infer",
+            content=body,
+            headers={**headers, "Content-Type": "application/octet-stream"},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text[:300]
+        slow.sendall(b" ")
+        assert _status(_answer(slow)) == 503

@@ -247,6 +247,7 @@ LIMITS: dict[str, tuple[Any, Any, str]] = {
     "keep_alive_timeout_s": (5.0, 120.0, "idle keep-alive, then closed"),
     "max_connections": (0, 0, "open connections per worker (0: descriptor limit - 128)"),
     "max_body_bytes_in_flight": (0, 0, "body bytes received or held (0: memory / 4 / workers)"),
+    "client_body_min_rate": (64 * 1024, 1 * MIB, "bytes/s under which an upload gives way"),
 }
 LIMIT_WORDS = ("max_", "timeout", "_bytes", "threads", "queue", "workers", "retry")
 

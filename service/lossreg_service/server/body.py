@@ -14,8 +14,11 @@ enough to be worth it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
+import logging
 import os
+import time
 import zlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -44,6 +47,8 @@ __all__ = [
     "release_request",
 ]
 
+log = logging.getLogger("lossreg.server")
+
 _CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": 32 + 15}
 
 
@@ -57,6 +62,15 @@ def machine_memory_bytes() -> int:
     return total
 
 
+@dataclasses.dataclass
+class _Upload:
+    """A body being received: how far it got, for `BodyBudget` to find the slow ones."""
+
+    started: float
+    received: int = 0
+    shed: bool = False
+
+
 class BodyBudget:
     """The request-body bytes one worker receives or holds at once, across all connections.
 
@@ -64,20 +78,33 @@ class BodyBudget:
     it grows); past the budget the request is answered 503 + ``Retry-After`` at once, so memory
     stays under the budget plus a constant whatever the number of uploading clients. The
     reservation is given back when the response has been sent (`release_request`).
+
+    So that slow clients cannot sit on the budget (declare 256 MiB, send a byte a minute), a
+    body that does not fit first sheds the uploads running slower than ``min_rate`` bytes/s
+    (slowest first): they give back what they have not received yet and are answered 503.
     """
 
-    def __init__(self, limit: int, retry_after_s: float, gauge: Gauge | None = None) -> None:
+    def __init__(
+        self,
+        limit: int,
+        retry_after_s: float,
+        gauge: Gauge | None = None,
+        *,
+        min_rate: float = 0.0,
+    ) -> None:
         self.limit = limit
         self.used = 0
         self.retry_after_s = retry_after_s
+        self.min_rate = min_rate
         self._gauge = gauge
+        self._uploads: dict[int, tuple[dict[str, Any], _Upload]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings, gauge: Gauge | None = None) -> BodyBudget:
         limit = settings.max_body_bytes_in_flight or machine_memory_bytes() // (
             4 * settings.workers
         )
-        return cls(limit, settings.retry_after_s, gauge)
+        return cls(limit, settings.retry_after_s, gauge, min_rate=settings.client_body_min_rate)
 
     def reserve(self, state: dict[str, Any], size: int) -> None:
         """Count ``size`` more bytes for the request whose ``scope["state"]`` is ``state``.
@@ -95,18 +122,54 @@ class BodyBudget:
                 limit=self.limit,
             )
         if self.used + size > self.limit:
+            self._shed_slow(self.used + size - self.limit)
+        if self.used + size > self.limit:
             raise ServerBusy(
                 f"{self.used} bytes of request bodies are in flight, the budget is {self.limit} "
                 "(LOSSREG_MAX_BODY_BYTES_IN_FLIGHT); retry later",
                 retry_after=self.retry_after_s,
             )
-        self.used += size
-        state[_RESERVED] = held + size
+        self._add(state, size)
         state[_BUDGET] = self
+
+    def start_upload(self, state: dict[str, Any]) -> _Upload:
+        """Track the body of this request while it is received (see `_shed_slow`)."""
+        upload = _Upload(time.monotonic())
+        self._uploads[id(state)] = (state, upload)
+        state[_BUDGET] = self
+        return upload
+
+    def end_upload(self, state: dict[str, Any]) -> None:
+        self._uploads.pop(id(state), None)
+
+    def _add(self, state: dict[str, Any], size: int) -> None:
+        self.used += size
+        state[_RESERVED] = state.get(_RESERVED, 0) + size
         if self._gauge is not None:
             self._gauge.set(self.used)
 
+    def _shed_slow(self, need: int) -> None:
+        if self.min_rate <= 0:
+            return
+        now = time.monotonic()
+        slow = []
+        for state, upload in self._uploads.values():
+            elapsed = now - upload.started
+            spare = state.get(_RESERVED, 0) - upload.received
+            if not upload.shed and spare > 0 and elapsed >= 1.0:
+                rate = upload.received / elapsed
+                if rate < self.min_rate:
+                    slow.append((rate, state, upload, spare))
+        for _, state, upload, spare in sorted(slow, key=lambda item: item[0]):
+            if need <= 0:
+                break
+            upload.shed = True
+            self._add(state, -spare)
+            need -= spare
+            log.info("shed a request body arriving under %d bytes/s", self.min_rate)
+
     def release(self, state: dict[str, Any]) -> None:
+        self.end_upload(state)
         size = state.pop(_RESERVED, 0)
         self.used -= size
         if self._gauge is not None:
@@ -122,6 +185,14 @@ def release_request(state: dict[str, Any]) -> None:
     budget = state.pop(_BUDGET, None)
     if budget is not None:
         budget.release(state)
+
+
+def _shed(budget: BodyBudget) -> ServerBusy:
+    return ServerBusy(
+        f"the request body arrived slower than {budget.min_rate:g} bytes/s while other bodies "
+        "waited for the budget (LOSSREG_CLIENT_BODY_MIN_RATE); retry later",
+        retry_after=budget.retry_after_s,
+    )
 
 
 def _too_large(size: int | str, limit: int, what: str) -> PayloadTooLarge:
@@ -153,8 +224,11 @@ async def read_body(request: Request, limit: int) -> bytearray:
         raise _too_large(int(declared), limit, "declares")
     budget: BodyBudget | None = getattr(request.app.state, "body_budget", None)
     state = request.scope.setdefault("state", {})
-    if budget is not None and declared.isascii() and declared.isdigit():
-        budget.reserve(state, int(declared))  # before a byte is read: 503 past the budget
+    upload = None
+    if budget is not None:
+        if declared.isascii() and declared.isdigit():
+            budget.reserve(state, int(declared))  # before a byte is read: 503 past the budget
+        upload = budget.start_upload(state)
     coding = request.headers.get("content-encoding", "identity").strip().lower()
     if coding not in ("identity", "", *_CODINGS):
         raise InvalidRequest(
@@ -174,8 +248,12 @@ async def read_body(request: Request, limit: int) -> bytearray:
             else:
                 # Off the event loop: one chunk of a bomb can inflate to the whole cap.
                 await run_in_threadpool(_inflate, decoder, chunk, body, limit)
-            if budget is not None and len(body) > state.get(_RESERVED, 0):
-                budget.reserve(state, len(body) - state.get(_RESERVED, 0))  # chunked, inflated
+            if budget is not None and upload is not None:
+                if upload.shed:
+                    raise _shed(budget)
+                upload.received = received
+                if len(body) > state.get(_RESERVED, 0):  # chunked, or inflated
+                    budget.reserve(state, len(body) - state.get(_RESERVED, 0))
         if decoder is not None:
             body += decoder.flush()
             if len(body) > limit:
@@ -192,6 +270,9 @@ async def read_body(request: Request, limit: int) -> bytearray:
             f"the client disconnected after {received} bytes, before the body ended",
             field="body",
         ) from None
+    finally:
+        if budget is not None:
+            budget.end_upload(state)
     return body
 
 
