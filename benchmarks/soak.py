@@ -2,6 +2,7 @@
 
     python benchmarks/soak.py --duration 300              # starts its own server on 127.0.0.1
     python benchmarks/soak.py --url http://host:8000 --pid 1234 --duration 60
+    python benchmarks/soak.py --duration 60 --hostile --workers 2   # with attackers beside
 
 For ``--duration`` seconds, ``--concurrency`` clients send a weighted mix of requests: small
 KServe v2 binary and JSON requests and /v1 JSON evaluations and compositions over several losses,
@@ -11,6 +12,10 @@ computed beforehand with plain torch; every answer is compared with it, and ever
 must get its own 4xx. The report gives requests, answers by status, p50/p99 latency per kind of
 request, and the server's RSS over time. The exit status is 1 on any wrong answer, unexpected
 status, 5xx or transport error (0 otherwise), so CI can run a short version.
+
+``--hostile`` adds the attackers of ``soak_hostile.py`` (slow heads and bodies, idle bursts,
+oversized headers and names) and a health prober; ``--workers N`` runs the started server with N
+worker processes. After either, every worker's ``/metrics`` must be back at rest.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any
 import httpx
 import numpy as np
 from soak_cases import Case, build_cases
+from soak_hostile import health_prober, metrics_at_rest, start_attackers
 
 
 @dataclasses.dataclass
@@ -50,6 +56,14 @@ class Tally:
             self.latencies[case.kind].append(seconds)
             if failure is not None and len(self.failures) < 50:
                 self.failures.append(f"{case.name}: {failure}")
+
+
+@dataclasses.dataclass
+class _HostileCase:
+    """What `Tally.record` needs of a case, for an attacker."""
+
+    name: str
+    kind: str = "hostile"
 
 
 def client_loop(url: str, cases: list[Case], deadline: float, tally: Tally, seed: int) -> None:
@@ -76,7 +90,7 @@ def client_loop(url: str, cases: list[Case], deadline: float, tally: Tally, seed
             tally.record(case, str(r.status_code), seconds, failure)
 
 
-def rss_mb(pid: int) -> float | None:
+def _one_rss_mb(pid: int) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -84,6 +98,26 @@ def rss_mb(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def rss_mb(pid: int) -> float | None:
+    """The resident memory of ``pid`` and its worker processes together."""
+    values = [_one_rss_mb(p) for p in [pid, *_children(pid)]]
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
 
 
 def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str]:
@@ -98,22 +132,13 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str
         "LOSSREG_DEVICE": args.device,
         "LOSSREG_LOG_LEVEL": "warning",
         "LOSSREG_MAX_REQUEST_BYTES": str(args.cap_mb * 1024 * 1024),
+        "LOSSREG_CLIENT_HEADER_TIMEOUT_S": str(args.client_timeout),
+        "LOSSREG_CLIENT_BODY_TIMEOUT_S": str(args.client_timeout),
     }
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "lossreg_service.server:create_app",
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        "--no-access-log",
-    ]
-    process = subprocess.Popen(command, env=env)
+    # `lossreg serve`, as deployed: its connection limits and timeouts, and its worker processes
+    command = [sys.executable, "-m", "lossreg_service.cli", "serve", "--host", "127.0.0.1",
+               "--port", str(port), "--workers", str(args.workers)]  # fmt: skip
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -149,6 +174,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             threading.Thread(target=client_loop, args=(url, cases, deadline, tally, args.seed + i))
             for i in range(args.concurrency)
         ]
+        health: list[float] = []
+        health_errors: list[str] = []
+        if args.hostile:
+            limits = {"header": args.client_timeout, "body": args.client_timeout}
+
+            def record(name: str, status: str, seconds: float, failure: str | None) -> None:
+                tally.record(_HostileCase(name), status, seconds, failure)
+
+            clients += start_attackers(url, limits, deadline, record)
+            clients.append(
+                threading.Thread(target=health_prober, args=(url, deadline, health, health_errors))
+            )
         for client in clients:
             client.start()
         while any(c.is_alive() for c in clients):
@@ -157,13 +194,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for client in clients:
                 client.join(timeout=args.sample_every / len(clients))
         elapsed = time.monotonic() - start
+        if args.hostile or args.workers > 1:
+            time.sleep(1.0)  # the last attackers' connections close
+            tally.failures.extend(metrics_at_rest(url))
+        tally.failures.extend(health_errors[:10])
     finally:
         if process is not None:
             process.terminate()
             process.wait(timeout=30)
     total = sum(tally.statuses.values())
     server_errors = sum(n for s, n in tally.statuses.items() if s.startswith("5"))
+    hostile = {
+        "health_ms": {
+            "n": len(health),
+            "p50": round(percentile(health, 50), 1),
+            "p99": round(percentile(health, 99), 1),
+            "max": round(max(health, default=float("nan")) * 1000, 1),
+        }
+    }
     return {
+        **(hostile if args.hostile else {}),
+        "workers": args.workers,
         "url": url,
         "duration_s": round(elapsed, 1),
         "concurrency": args.concurrency,
@@ -204,6 +255,11 @@ def print_report(report: dict[str, Any]) -> None:
         step = max(1, len(series) // 12)
         print("server RSS (s, MB): " + ", ".join(f"{t:g}: {m:g}" for t, m in series[::step]))
         print(f"RSS growth after warm-up: {report['rss_growth_mb']} MB")
+    if "health_ms" in report:
+        h = report["health_ms"]
+        print(
+            f"health under attack: n={h['n']} p50={h['p50']} ms p99={h['p99']} ms max={h['max']} ms"
+        )
     for failure in report["failures"]:
         print(f"FAIL {failure}")
     print("OK: no wrong answer, no 5xx" if report["ok"] else "FAILED")
@@ -220,6 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="LOSSREG_DEVICE of the started server")
     parser.add_argument("--sample-every", type=float, default=2.0, help="RSS sampling, seconds")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hostile", action="store_true", help="add attackers (soak_hostile.py)")
+    parser.add_argument("--workers", type=int, default=1, help="workers of the started server")
+    parser.add_argument(
+        "--client-timeout", type=float, default=3.0, help="header/body timeouts of the server"
+    )
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
     report = run(args)

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
+import pydantic
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -234,8 +235,13 @@ def serve(
     for key, value in (*flags, ("GRPC_PORT", grpc_port)):
         if value is not None:
             os.environ[f"LOSSREG_{key}"] = str(value)
-    settings = Settings()
+    try:
+        settings = Settings()
+    except pydantic.ValidationError as exc:  # a clear start-up error, not a traceback
+        err_console.print(f"[red]error[/red]: invalid LOSSREG_* settings:\n{exc}", highlight=False)
+        raise typer.Exit(code=2) from None
     from .server.metrics import multiprocess_dir
+    from .server.protocol import uvicorn_options
 
     with multiprocess_dir():  # whole-server metrics across workers; removed on exit
         uvicorn.run(
@@ -245,6 +251,7 @@ def serve(
             port=settings.port,
             workers=settings.workers,
             log_level=settings.log_level.lower(),
+            **uvicorn_options(settings),
         )
 
 

@@ -19,7 +19,12 @@ CommaList = Annotated[list[str], NoDecode]
 class Settings(BaseSettings):
     """Every knob of the service; the README's settings table mirrors this class."""
 
-    model_config = SettingsConfigDict(env_prefix="LOSSREG_", env_ignore_empty=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="LOSSREG_",
+        env_ignore_empty=True,
+        extra="ignore",
+        hide_input_in_errors=True,  # a start-up error must not print an API key
+    )
 
     # -- registry -------------------------------------------------------------------------------
     disable_plugin_autoload: bool = Field(
@@ -122,6 +127,39 @@ class Settings(BaseSettings):
         "computations that can run at once (workers x compute_threads), at least 1.",
     )
 
+    # -- connections: what bounds a request before it costs (README: "Hostile load") ----------
+    max_header_bytes: int = Field(
+        64 * 1024, ge=1024, description="Request line + headers cap, in bytes; past it 431."
+    )
+    max_headers: int = Field(100, ge=8, description="Header fields per request; past it 431.")
+    client_header_timeout_s: float = Field(
+        60.0, gt=0, description="A connection must send a whole request head in this time."
+    )
+    client_body_timeout_s: float = Field(
+        60.0, gt=0, description="Longest pause between two reads of a request body."
+    )
+    client_body_min_rate: float = Field(
+        64 * 1024,
+        ge=0,
+        description="When the body budget is full, uploads slower than this (bytes/s) give "
+        "way to new requests (503); 0: never.",
+    )
+    keep_alive_timeout_s: float = Field(
+        5.0, gt=0, description="An idle keep-alive connection is closed after this."
+    )
+    max_connections: int = Field(
+        0,
+        ge=0,
+        description="Open connections per worker; past it the one idle longest is closed. "
+        "0: the file-descriptor limit less 128.",
+    )
+    max_body_bytes_in_flight: int = Field(
+        0,
+        ge=0,
+        description="Request-body bytes received or held per worker; past it a new body gets "
+        "503 + Retry-After before it is read. 0: a quarter of the machine's memory / workers.",
+    )
+
     @field_validator("plugins", "allow", "deny", "api_keys", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
@@ -133,6 +171,24 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
+
+    @field_validator("api_keys", mode="after")
+    @classmethod
+    def _clean_keys(cls, keys: list[str]) -> list[str]:
+        """Trim each key (in the JSON form as in the comma form); refuse one that could never
+        match a ``Bearer`` token, naming it by position, never by value."""
+        cleaned = []
+        for i, key in enumerate(keys, 1):
+            key = key.strip()
+            if not key:
+                raise ValueError(f"API key {i} of {len(keys)} is empty")
+            if not key.isascii() or not key.isprintable() or any(c.isspace() for c in key):
+                raise ValueError(
+                    f"API key {i} of {len(keys)} holds a space, a control or a non-ASCII "
+                    "character: no 'Authorization: Bearer' header can carry it"
+                )
+            cleaned.append(key)
+        return cleaned
 
     @property
     def device_names(self) -> list[str]:

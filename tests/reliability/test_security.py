@@ -179,8 +179,10 @@ OPEN = {
     "/",  # the loss explorer's page and files: no catalog; its API calls carry the key
     "/explore",
     "/explore/static/{asset}",
+    "/docs/static/{asset}",  # Swagger UI / ReDoc assets, vendored (no CDN)
 }
-PATH_VALUES = {"name": "mse_loss", "version": "0.1.0", "asset": "explorer.js"}
+PATH_VALUES = {"name": "mse_loss", "version": "0.1.0"}
+ASSETS = {"/explore/static/{asset}": "explorer.js", "/docs/static/{asset}": "favicon.png"}
 
 
 def _routes() -> list[tuple[str, str]]:
@@ -214,7 +216,7 @@ def test_the_route_table_has_guarded_compute_and_catalog_routes() -> None:
 def test_every_route_outside_the_open_list_needs_a_valid_key(
     keyed_url: str, method: str, path: str
 ) -> None:
-    target = keyed_url + path.format(**PATH_VALUES)
+    target = keyed_url + path.format(**PATH_VALUES, asset=ASSETS.get(path, ""))
     body = b"{}" if method == "POST" else None
     if path in OPEN:
         assert httpx.request(method, target, content=body).status_code == 200
@@ -242,6 +244,14 @@ LIMITS: dict[str, tuple[Any, Any, str]] = {
     "batch_max_delay_us": (0, 100_000, "wait for a batch to fill (0: none)"),
     "batch_max_bytes": (64 * 1024, 1 * MIB, "largest request body that is batched"),
     "intra_op_threads": (0, 64, "torch threads per computation (0: cores / computations)"),
+    "max_header_bytes": (64 * 1024, 1 * MIB, "request line + headers (431)"),
+    "max_headers": (100, 1000, "header fields per request (431)"),
+    "client_header_timeout_s": (60.0, 120.0, "time to send a request head, then closed"),
+    "client_body_timeout_s": (60.0, 120.0, "pause between body reads, then closed"),
+    "keep_alive_timeout_s": (5.0, 120.0, "idle keep-alive, then closed"),
+    "max_connections": (0, 0, "open connections per worker (0: descriptor limit - 128)"),
+    "max_body_bytes_in_flight": (0, 0, "body bytes received or held (0: memory / 4 / workers)"),
+    "client_body_min_rate": (64 * 1024, 1 * MIB, "bytes/s under which an upload gives way"),
 }
 LIMIT_WORDS = ("max_", "timeout", "_bytes", "threads", "queue", "workers", "retry")
 

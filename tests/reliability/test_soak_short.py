@@ -49,6 +49,24 @@ def test_short_soak_has_no_wrong_answer_and_no_5xx(tmp_path: Path) -> None:
     assert "no wrong answer, no 5xx" in done.stdout
 
 
+def test_hostile_soak_with_two_workers(tmp_path: Path) -> None:
+    """Attackers beside correct clients, two workers: answers stay right, every attacker is
+    shed, health answers throughout, and both workers' metrics come back to rest."""
+    out = tmp_path / "hostile.json"
+    command = [sys.executable, str(SCRIPT), "--duration", "15", "--concurrency", "3",
+               "--hostile", "--workers", "2", "--client-timeout", "2", "--big-mb", "4",
+               "--json", str(out)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["ok"] and report["workers"] == 2 and report["failures"] == []
+    hostile = {"head-trickler", "body-staller", "idle-burst", "big-header", "huge-name"}
+    assert hostile <= set(report["per_case"])
+    assert {"closed", "431", "200"} <= set(report["statuses"])
+    assert "open" not in report["statuses"]
+    assert report["health_ms"]["n"] >= 10
+
+
 def test_the_soak_checks_answers_for_real() -> None:
     """A case's check fails on a wrong value: the soak cannot pass by not looking."""
     case = next(c for c in build_cases(0.01, bomb=False, seed=0) if c.name == "v1-smooth_l1")

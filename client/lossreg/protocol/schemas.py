@@ -26,6 +26,8 @@ from pydantic import (
     WithJsonSchema,
 )
 
+from .limits import MAX_PARAMETERS, MAX_TENSORS, MAX_TERMS, Name
+
 __all__ = [
     "ComposeRequest",
     "ComposeResponse",
@@ -54,6 +56,8 @@ __all__ = [
 
 InferParameter = StrictBool | StrictInt | StrictFloat | str | None
 """A protocol parameter value (``$parameters`` maps names to these)."""
+Parameters = Annotated[dict[Name, InferParameter], Field(max_length=MAX_PARAMETERS)]
+"""A ``parameters`` object: at most `MAX_PARAMETERS` entries with bounded names."""
 
 _NUMBERS = {"type": ["number", "boolean"]}
 _NESTED = {
@@ -145,18 +149,18 @@ class InferInputTensor(BaseModel):
     """An input tensor: values in ``data``, or ``parameters.binary_data_size`` bytes after the
     JSON header (binary tensor extension)."""
 
-    name: str
+    name: Name
     shape: list[int]
     datatype: str
-    parameters: dict[str, InferParameter] | None = None
+    parameters: Parameters | None = None
     data: TensorData | None = None
 
 
 class RequestedOutput(BaseModel):
     """An output the client wants; ``parameters.binary_data`` asks for it in binary."""
 
-    name: str
-    parameters: dict[str, InferParameter] | None = None
+    name: Name
+    parameters: Parameters | None = None
 
 
 class InferRequest(BaseModel):
@@ -166,10 +170,10 @@ class InferRequest(BaseModel):
     next to protocol keys such as ``binary_data_output``.
     """
 
-    id: str | None = None
-    parameters: dict[str, InferParameter] | None = None
-    inputs: list[InferInputTensor]
-    outputs: list[RequestedOutput] | None = None
+    id: Name | None = None
+    parameters: Parameters | None = None
+    inputs: list[InferInputTensor] = Field(max_length=MAX_TENSORS)
+    outputs: list[RequestedOutput] | None = Field(None, max_length=MAX_TENSORS)
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -319,14 +323,18 @@ class LossListResponse(BaseModel):
 class EvaluateRequest(BaseModel):
     """``POST /v1/losses/{name}/evaluate``: value and gradients of one loss."""
 
-    inputs: dict[str, TensorValue] = Field(
-        description="tensors by input name; tensor parameters (weight...) included"
+    inputs: dict[Name, TensorValue] = Field(
+        description="tensors by input name; tensor parameters (weight...) included",
+        max_length=MAX_TENSORS,
     )
-    params: dict[str, Any] = Field(default_factory=dict, description="scalar parameters")
-    grad: list[str] | None = Field(
+    params: dict[Name, Any] = Field(
+        default_factory=dict, description="scalar parameters", max_length=MAX_PARAMETERS
+    )
+    grad: list[Name] | None = Field(
         None,
         description="inputs to differentiate; omitted: every input sent that is differentiated "
         "by default (predictions; a target only when named)",
+        max_length=MAX_TENSORS,
     )
     grad_loss: TensorValue | None = Field(
         None, description="upstream gradient, shaped like the loss (non-scalar losses)"
@@ -375,10 +383,10 @@ class EvaluateResponse(BaseModel):
 class ComposeTerm(BaseModel):
     """One term of a composition: ``weight * loss(inputs, params)``."""
 
-    loss: str = Field(description="registry name (bare or 'distribution:name')")
+    loss: Name = Field(description="registry name (bare or 'distribution:name')")
     weight: float = 1.0
-    params: dict[str, Any] = Field(default_factory=dict)
-    label: str | None = Field(None, description="key of this term in the response (default: loss)")
+    params: dict[Name, Any] = Field(default_factory=dict, max_length=MAX_PARAMETERS)
+    label: Name | None = Field(None, description="key of this term in the response (default: loss)")
 
     model_config = ConfigDict(extra="forbid")
 
@@ -386,9 +394,9 @@ class ComposeTerm(BaseModel):
 class ComposeRequest(BaseModel):
     """``POST /v1/evaluate``: several losses on the same inputs, gradient of the weighted sum."""
 
-    terms: list[ComposeTerm] = Field(min_length=1)
-    inputs: dict[str, TensorValue]
-    grad: list[str] | None = None
+    terms: list[ComposeTerm] = Field(min_length=1, max_length=MAX_TERMS)
+    inputs: dict[Name, TensorValue] = Field(max_length=MAX_TENSORS)
+    grad: list[Name] | None = Field(None, max_length=MAX_TENSORS)
     nonfinite: NonFiniteMode | None = Field(None, description=_NONFINITE_MODE_DOC)
 
     model_config = ConfigDict(

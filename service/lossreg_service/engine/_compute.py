@@ -31,6 +31,7 @@ from lossreg.errors import (
 from lossreg.protocol.checks import TensorInfo, check_grad, check_tensors, unknown_parameter
 
 from ..registry import Loss
+from .cancel import checkpoint
 from .devices import dtype_name
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -137,6 +138,7 @@ def evaluate_terms(
             values: dict[str, torch.Tensor] = {}
             total: torch.Tensor | None = None
             for term, params in zip(terms, validated):
+                checkpoint()  # a timed-out composition stops here (engine.cancel)
                 spec = term.loss.spec
                 names = [t.name for t in spec.inputs + spec.tensor_params]
                 out = _forward(term.loss, {n: prepared[n] for n in names if n in prepared}, params)

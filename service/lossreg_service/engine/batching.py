@@ -38,6 +38,7 @@ from ._compute import (
     check_grad,
     evaluate,
 )
+from .cancel import ComputationCancelled, checkpoint
 
 __all__ = ["BatchItem", "evaluate_batch"]
 
@@ -99,6 +100,7 @@ def _one_by_one(
 ) -> list[Evaluation | Exception]:
     results: list[Evaluation | Exception] = []
     for inputs, grad_loss in items:
+        checkpoint()  # a timed-out batch stops between its items (engine.cancel)
         try:
             results.append(
                 evaluate(
@@ -112,6 +114,8 @@ def _one_by_one(
                     nonfinite=nonfinite,
                 )  # fmt: skip
             )
+        except ComputationCancelled:
+            raise
         except Exception as exc:  # noqa: BLE001 - this request's error, returned to it alone
             results.append(exc)
     return results
@@ -134,6 +138,7 @@ def _vmapped(
     results: list[Evaluation | Exception | None] = [None] * len(items)
     live: list[int] = []
     for i, (inputs, upstream) in enumerate(items):
+        checkpoint()
         if nonfinite == "reject":
             try:
                 _check_finite_inputs(

@@ -19,6 +19,8 @@ from lossreg import __version__
 from ..engine import parse_dtype
 from ..explorer import install_explorer
 from ..settings import Settings
+from .body import BodyBudget
+from .docs import install_docs
 from .errors import add_exception_handlers
 from .executor import ComputeExecutor, resolve_devices
 from .fastpath import InferFastPath
@@ -30,6 +32,7 @@ from .pipeline import DataPlane
 from .readiness import Readiness, lifecycle
 from .routes import health, metrics, repository, shm, sweep, v1, v2
 from .statistics import LocalStatistics
+from .supervision import die_with_supervisor
 from .tuning import configure_compute
 
 __all__ = ["create_app"]
@@ -56,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """
     settings = settings or Settings()
     configure_logging(settings.log_level)
+    die_with_supervisor()  # a worker of `lossreg serve --workers N` ends with its supervisor
     devices = resolve_devices(settings.device_names)
     compute_dtype = parse_dtype(settings.compute_dtype)
     metrics_ = Metrics()
@@ -96,6 +100,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served by install_docs, without a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics_
@@ -103,6 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.readiness = Readiness()
     app.state.compute_dtype = compute_dtype
     app.state.statistics = LocalStatistics()  # per process; see statistics.StatisticsStore
+    app.state.body_budget = BodyBudget.from_settings(settings, metrics_.body_bytes)
     add_exception_handlers(app)
     app.add_middleware(InferFastPath)  # inside the request-context middleware
     app.add_middleware(RequestContextMiddleware, metrics=metrics_)
@@ -112,4 +119,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(sweep.router)  # POST /v1/losses/{name}/sweep, for the explorer's plots
     install_explorer(app)  # the page at / and /explore
     install_openapi(app)
+    install_docs(app)
     return app

@@ -7,13 +7,14 @@ open whatever the setting, so orchestrators and scrapers need no secret.
 from __future__ import annotations
 
 import hmac
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from lossreg.errors import Unauthorized
 
-__all__ = ["bearer", "require_api_key"]
+__all__ = ["bearer", "mark_auth_optional", "require_api_key"]
 
 bearer = HTTPBearer(auto_error=False, description="An API key from LOSSREG_API_KEYS.")
 
@@ -26,12 +27,21 @@ def _matches(candidate: str, keys: list[str]) -> bool:
     return found
 
 
-async def require_api_key(request: Request) -> None:
-    """Dependency: pass, or raise `Unauthorized` (401 with ``WWW-Authenticate: Bearer``)."""
+async def require_api_key(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None,
+) -> None:
+    """Dependency: pass, or raise `Unauthorized` (401 with ``WWW-Authenticate: Bearer``).
+
+    Declared through `Security(bearer)`, so the OpenAPI document lists the bearer scheme on
+    every route that needs it; callers outside FastAPI's DI (the infer fast path) pass only the
+    request and the header is read here.
+    """
     keys: list[str] = request.app.state.settings.api_keys
     if not keys:
         return
-    credentials: HTTPAuthorizationCredentials | None = await bearer(request)
+    if credentials is None:
+        credentials = await bearer(request)
     if credentials is None:
         raise Unauthorized(
             "this route needs an API key: send 'Authorization: Bearer <key>'",
@@ -39,3 +49,13 @@ async def require_api_key(request: Request) -> None:
         )
     if not _matches(credentials.credentials, keys):
         raise Unauthorized("the API key is not valid", field="Authorization")
+
+
+def mark_auth_optional(document: dict[str, Any]) -> None:
+    """With ``LOSSREG_API_KEYS`` empty every route is open: each secured operation of the OpenAPI
+    ``document`` also accepts no credentials (an empty requirement beside the bearer scheme)."""
+    for path in document.get("paths", {}).values():
+        for operation in path.values():
+            security = operation.get("security") if isinstance(operation, dict) else None
+            if security and {} not in security:
+                security.append({})

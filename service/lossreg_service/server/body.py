@@ -13,31 +13,186 @@ enough to be worth it.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import gzip
+import logging
+import os
+import time
 import zlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from lossreg.errors import InvalidRequest, PayloadTooLarge
+from lossreg.errors import InvalidRequest, PayloadTooLarge, ServerBusy
 from lossreg.protocol import HEADER_LENGTH, Buffer
 
 if TYPE_CHECKING:
+    from prometheus_client import Gauge
+
+    from ..settings import Settings
     from .executor import ComputeExecutor
 
 __all__ = [
+    "BodyBudget",
     "ChunkedResponse",
     "CompressedResponse",
     "encoded_response",
     "read_admitted_body",
     "read_body",
+    "release_request",
 ]
 
+log = logging.getLogger("lossreg.server")
+
 _CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": 32 + 15}
+
+
+def machine_memory_bytes() -> int:
+    """Physical memory, or the container's cgroup limit when that is lower."""
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        with contextlib.suppress(OSError, ValueError):
+            with open(path) as f:
+                total = min(total, int(f.read().strip()))
+    return total
+
+
+@dataclasses.dataclass
+class _Upload:
+    """A body being received: how far it got, for `BodyBudget` to find the slow ones."""
+
+    started: float
+    received: int = 0
+    shed: bool = False
+
+
+class BodyBudget:
+    """The request-body bytes one worker receives or holds at once, across all connections.
+
+    A body reserves its declared length before a byte is read (a chunked or compressed one, as
+    it grows); past the budget the request is answered 503 + ``Retry-After`` at once, so memory
+    stays under the budget plus a constant whatever the number of uploading clients. The
+    reservation is given back when the response has been sent (`release_request`).
+
+    So that slow clients cannot sit on the budget (declare 256 MiB, send a byte a minute), a
+    body that does not fit first sheds the uploads running slower than ``min_rate`` bytes/s
+    (slowest first): they give back what they have not received yet and are answered 503.
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        retry_after_s: float,
+        gauge: Gauge | None = None,
+        *,
+        min_rate: float = 0.0,
+    ) -> None:
+        self.limit = limit
+        self.used = 0
+        self.retry_after_s = retry_after_s
+        self.min_rate = min_rate
+        self._gauge = gauge
+        self._uploads: dict[int, tuple[dict[str, Any], _Upload]] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings, gauge: Gauge | None = None) -> BodyBudget:
+        limit = settings.max_body_bytes_in_flight or machine_memory_bytes() // (
+            4 * settings.workers
+        )
+        return cls(limit, settings.retry_after_s, gauge, min_rate=settings.client_body_min_rate)
+
+    def reserve(self, state: dict[str, Any], size: int) -> None:
+        """Count ``size`` more bytes for the request whose ``scope["state"]`` is ``state``.
+
+        Raises:
+            PayloadTooLarge: the body alone is over the whole budget (it could never fit).
+            ServerBusy: the budget is taken by other bodies now.
+        """
+        held = state.get(_RESERVED, 0)
+        if held + size > self.limit:
+            raise PayloadTooLarge(
+                f"request body of at least {held + size} bytes is over this worker's budget "
+                f"for bodies in flight, {self.limit} bytes (LOSSREG_MAX_BODY_BYTES_IN_FLIGHT)",
+                field="body",
+                limit=self.limit,
+            )
+        if self.used + size > self.limit:
+            self._shed_slow(self.used + size - self.limit)
+        if self.used + size > self.limit:
+            raise ServerBusy(
+                f"{self.used} bytes of request bodies are in flight, the budget is {self.limit} "
+                "(LOSSREG_MAX_BODY_BYTES_IN_FLIGHT); retry later",
+                retry_after=self.retry_after_s,
+            )
+        self._add(state, size)
+        state[_BUDGET] = self
+
+    def start_upload(self, state: dict[str, Any]) -> _Upload:
+        """Track the body of this request while it is received (see `_shed_slow`)."""
+        upload = _Upload(time.monotonic())
+        self._uploads[id(state)] = (state, upload)
+        state[_BUDGET] = self
+        return upload
+
+    def end_upload(self, state: dict[str, Any]) -> None:
+        self._uploads.pop(id(state), None)
+
+    def _add(self, state: dict[str, Any], size: int) -> None:
+        self.used += size
+        state[_RESERVED] = state.get(_RESERVED, 0) + size
+        if self._gauge is not None:
+            self._gauge.set(self.used)
+
+    def _shed_slow(self, need: int) -> None:
+        if self.min_rate <= 0:
+            return
+        now = time.monotonic()
+        slow = []
+        for state, upload in self._uploads.values():
+            elapsed = now - upload.started
+            spare = state.get(_RESERVED, 0) - upload.received
+            if not upload.shed and spare > 0 and elapsed >= 1.0:
+                rate = upload.received / elapsed
+                if rate < self.min_rate:
+                    slow.append((rate, state, upload, spare))
+        for _, state, upload, spare in sorted(slow, key=lambda item: item[0]):
+            if need <= 0:
+                break
+            upload.shed = True
+            self._add(state, -spare)
+            need -= spare
+            log.info("shed a request body arriving under %d bytes/s", self.min_rate)
+
+    def release(self, state: dict[str, Any]) -> None:
+        self.end_upload(state)
+        size = state.pop(_RESERVED, 0)
+        self.used -= size
+        if self._gauge is not None:
+            self._gauge.set(self.used)
+
+
+_RESERVED = "body_bytes_reserved"
+_BUDGET = "body_budget"
+
+
+def release_request(state: dict[str, Any]) -> None:
+    """Give back what the request with this ``scope["state"]`` reserved (its response is sent)."""
+    budget = state.pop(_BUDGET, None)
+    if budget is not None:
+        budget.release(state)
+
+
+def _shed(budget: BodyBudget) -> ServerBusy:
+    return ServerBusy(
+        f"the request body arrived slower than {budget.min_rate:g} bytes/s while other bodies "
+        "waited for the budget (LOSSREG_CLIENT_BODY_MIN_RATE); retry later",
+        retry_after=budget.retry_after_s,
+    )
 
 
 def _too_large(size: int | str, limit: int, what: str) -> PayloadTooLarge:
@@ -67,6 +222,13 @@ async def read_body(request: Request, limit: int) -> bytearray:
     declared = (request.headers.get("content-length") or "").strip()
     if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise _too_large(int(declared), limit, "declares")
+    budget: BodyBudget | None = getattr(request.app.state, "body_budget", None)
+    state = request.scope.setdefault("state", {})
+    upload = None
+    if budget is not None:
+        if declared.isascii() and declared.isdigit():
+            budget.reserve(state, int(declared))  # before a byte is read: 503 past the budget
+        upload = budget.start_upload(state)
     coding = request.headers.get("content-encoding", "identity").strip().lower()
     if coding not in ("identity", "", *_CODINGS):
         raise InvalidRequest(
@@ -83,9 +245,15 @@ async def read_body(request: Request, limit: int) -> bytearray:
                 raise _too_large(f"of more than {received}", limit, "is")
             if decoder is None:
                 body += chunk
-                continue
-            # Off the event loop: one chunk of a bomb can inflate to the whole cap.
-            await run_in_threadpool(_inflate, decoder, chunk, body, limit)
+            else:
+                # Off the event loop: one chunk of a bomb can inflate to the whole cap.
+                await run_in_threadpool(_inflate, decoder, chunk, body, limit)
+            if budget is not None and upload is not None:
+                if upload.shed:
+                    raise _shed(budget)
+                upload.received = received
+                if len(body) > state.get(_RESERVED, 0):  # chunked, or inflated
+                    budget.reserve(state, len(body) - state.get(_RESERVED, 0))
         if decoder is not None:
             body += decoder.flush()
             if len(body) > limit:
@@ -102,6 +270,9 @@ async def read_body(request: Request, limit: int) -> bytearray:
             f"the client disconnected after {received} bytes, before the body ended",
             field="body",
         ) from None
+    finally:
+        if budget is not None:
+            budget.end_upload(state)
     return body
 
 

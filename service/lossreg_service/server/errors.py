@@ -27,6 +27,7 @@ from lossreg.errors import (
     Unauthorized,
     field_path,
 )
+from lossreg.protocol.limits import MAX_NAME_LENGTH, bounded
 
 log = logging.getLogger("lossreg.server")
 
@@ -62,7 +63,7 @@ def from_validation_error(
     errors = exc.errors()
     first = errors[0] if errors else {"loc": (), "msg": str(exc), "type": "invalid"}
     loc = tuple(first.get("loc", ()))
-    field = _location(loc)
+    field = bounded(_location(loc), MAX_NAME_LENGTH)  # a dict key may be the oversized name
     message = (
         f"{what}: unknown field {field!r}"
         if first.get("type") == "extra_forbidden"
@@ -81,15 +82,23 @@ def _headers(exc: LossRegError, request: Request) -> dict[str, str]:
     return headers
 
 
+def _bound(exc: LossRegError) -> None:
+    """Quote at most a bounded prefix of client text (a 10 MB name must not come back twice)."""
+    exc.message = bounded(exc.message, 4 * MAX_NAME_LENGTH)
+    if exc.field is not None:
+        exc.field = bounded(exc.field, MAX_NAME_LENGTH)
+
+
 async def _lossreg_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, LossRegError)
+    _bound(exc)
     request.state.error_code = exc.code
     level = logging.WARNING if exc.status_code >= 500 else logging.INFO
     log.log(
         level,
         "%s %s -> %s %s: %s",
         request.method,
-        request.url.path,
+        bounded(request.url.path),
         exc.status_code,
         exc.code,
         exc.message,
@@ -106,7 +115,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     request.state.error_code = code
-    message = f"{exc.detail}: {request.method} {request.url.path}"
+    message = bounded(f"{exc.detail}: {request.method} {request.url.path}", 4 * MAX_NAME_LENGTH)
     return error_response(
         exc.status_code, {"error": message, "code": code, "field": None}, exc.headers
     )

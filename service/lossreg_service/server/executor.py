@@ -7,7 +7,8 @@ piling up. A request goes to the device with the least work. The whole wait (que
 is bounded by ``compute_timeout_s`` -> `ComputeTimeout` (504). A thread cannot be killed, so a
 computation that overran is abandoned: its slot is given back at once and the pool gets a fresh
 thread, so a loss that hangs cannot take a device's capacity with it (the abandoned thread ends
-whenever its computation does, and is counted in ``DevicePool.abandoned``).
+whenever its computation does, and is counted in ``DevicePool.abandoned``). The computation is
+also told to stop (`engine.cancel`): it ends at its next checkpoint, between terms or batch items.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import contextlib
 import contextvars
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +29,7 @@ import torch
 from lossreg.errors import ComputeTimeout, ServerBusy, ServerNotReady
 
 from ..engine import resolve_device
+from ..engine.cancel import cancellable
 from .metrics import Metrics
 from .readiness import device_failure
 
@@ -227,7 +230,8 @@ class ComputeExecutor:
                 with contextlib.suppress(RuntimeError):  # closed between the check and the call
                     loop.call_soon_threadsafe(release)
 
-        future = pool.executor.submit(context.run, self._timed, fn, pool, loss)
+        cancel = threading.Event()  # set at the timeout: the engine stops at its next checkpoint
+        future = pool.executor.submit(context.run, self._timed, fn, pool, loss, cancel)
         future.add_done_callback(release_soon)
         result = asyncio.wrap_future(future)
         result.add_done_callback(_mark_retrieved)
@@ -235,15 +239,23 @@ class ComputeExecutor:
         try:
             return await asyncio.wait_for(asyncio.shield(result), remaining)
         except asyncio.TimeoutError:
+            cancel.set()
             if not future.done():
                 release()
                 self._abandon_worker(pool)
             raise self._timeout(pool, "computing") from None
 
-    def _timed(self, fn: Callable[[torch.device], T], pool: DevicePool, loss: str) -> T:
+    def _timed(
+        self,
+        fn: Callable[[torch.device], T],
+        pool: DevicePool,
+        loss: str,
+        cancel: threading.Event,
+    ) -> T:
         start = time.perf_counter()
         try:
-            return fn(pool.device)
+            with cancellable(cancel):
+                return fn(pool.device)
         except Exception as exc:
             if (why := device_failure(exc)) is None:
                 raise

@@ -14,6 +14,10 @@ __all__ = ["JsonFormatter", "configure_logging"]
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
+# JSON escapes C0 itself; DEL, C1 (U+0085 NEL among them) and U+2028/U+2029 are legal raw in a
+# JSON string but break lines (or terminals) in log viewers, so they are escaped as well.
+_ESCAPES = {c: f"\\u{c:04x}" for c in (0x7F, *range(0x80, 0xA0), 0x2028, 0x2029)}
+
 
 class JsonFormatter(logging.Formatter):
     """``{"time", "level", "logger", "message", "request_id", ...extra fields}``."""
@@ -31,7 +35,7 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(out, default=str).decode()
+        return orjson.dumps(out, default=str).decode().translate(_ESCAPES)
 
 
 def configure_logging(level: str = "info") -> None:

@@ -6,7 +6,7 @@
 - ``lossreg_queue_duration_seconds{device}`` / ``lossreg_compute_duration_seconds{loss, device}``.
 - ``lossreg_batch_size{device}``: requests per dynamic batch.
 - ``lossreg_requests_in_flight``, ``lossreg_requests_queued{device}``,
-  ``lossreg_requests_running{device}``.
+  ``lossreg_requests_running{device}``, ``lossreg_request_body_bytes_in_flight``.
 - ``lossreg_device_memory_bytes{device, kind}``: CUDA allocated/reserved; the resident memory of
   the server's processes for the CPU.
 
@@ -171,6 +171,12 @@ class Metrics:
             "lossreg_device_memory_bytes",
             "Memory in use per compute device (summed over the server's processes)",
             ["device", "kind"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.body_bytes = Gauge(
+            "lossreg_request_body_bytes_in_flight",
+            "Request-body bytes being received or held (LOSSREG_MAX_BODY_BYTES_IN_FLIGHT)",
             registry=r,
             multiprocess_mode="livesum",
         )

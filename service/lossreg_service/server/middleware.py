@@ -21,6 +21,9 @@ from typing import Any
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lossreg.protocol.limits import bounded
+
+from .body import release_request
 from .errors import internal_error_response
 from .metrics import Metrics
 
@@ -75,12 +78,15 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
-            log.exception("unexpected error handling %s %s", scope["method"], scope["path"])
+            log.exception(
+                "unexpected error handling %s %s", scope["method"], bounded(scope["path"])
+            )
             status = 500
             state.setdefault("error_code", "internal")
             if not started:
                 await internal_error_response(request_id)(scope, receive, send_with_id)
         finally:
+            release_request(state)  # the body budget this request held
             self.metrics.in_flight.dec()
             self._record(scope, state, status, time.perf_counter() - start)
             request_id_var.reset(token)
@@ -93,15 +99,16 @@ class RequestContextMiddleware:
         outcome = state.get("error_code") or ("success" if status < 400 else f"http_{status}")
         if state.get("compute"):
             self.metrics.requests.labels(loss=loss or "<unknown>", outcome=outcome).inc()
+        path = bounded(scope["path"])  # a quoted prefix; the formatter escapes what it holds
         access_log.info(
             "%s %s %s %.1fms",
             scope["method"],
-            scope["path"],
+            path,
             status,
             seconds * 1000,
             extra={
                 "method": scope["method"],
-                "path": scope["path"],
+                "path": path,
                 "route": template,
                 "status": status,
                 "duration_ms": round(seconds * 1000, 3),

@@ -21,6 +21,8 @@ from lossreg.protocol import (
 )
 from lossreg.protocol.sweep import SweepRequest
 
+from .auth import mark_auth_optional
+
 __all__ = ["install_openapi", "request_body"]
 
 _BODY_MODELS: tuple[type[BaseModel], ...] = (
@@ -70,6 +72,8 @@ def install_openapi(app: FastAPI) -> None:
             for name, definition in schema.pop("$defs", {}).items():
                 schemas.setdefault(name, definition)
             schemas[model.__name__] = schema
+        if not app.state.settings.api_keys:
+            mark_auth_optional(document)  # an open server: credentials are optional
         app.openapi_schema = document
         return document
 

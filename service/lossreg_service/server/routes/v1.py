@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -144,8 +145,8 @@ def _terms(registry: LossRegistry, req: ComposeRequest) -> list[Term]:
         except LossRegError as exc:
             raise type(exc)(exc.message, field=f"terms.{i}.loss", **exc.details) from None
         terms.append(Term(loss, term.params, term.weight, term.label))
-    keys = [t.key for t in terms]
-    duplicates = sorted({k for k in keys if keys.count(k) > 1})
+    counts = Counter(t.key for t in terms)  # linear: keys.count(k) per key was quadratic
+    duplicates = sorted(k for k, n in counts.items() if n > 1)
     if duplicates:
         raise InvalidParameter(
             f"terms {duplicates[0]!r} appear more than once; give each a distinct 'label'",
