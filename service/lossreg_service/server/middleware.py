@@ -58,7 +58,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         sent = _incoming_id(scope)
-        request_id = sent if sent and _SANE_ID.match(sent) else _new_request_id()
+        request_id = sent if sent and _SANE_ID.match(sent) else new_request_id()
         token = request_id_var.set(request_id)
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
@@ -122,7 +122,7 @@ _ID_PREFIX = uuid.uuid4().hex[:16]  # random per process: ids stay unique across
 _ID_COUNTER = itertools.count(1)
 
 
-def _new_request_id() -> str:
+def new_request_id() -> str:
     """A fresh id: the process's random prefix and a counter, 32 hex digits like a uuid4's
     (``uuid4()`` reads the OS's random source on every request: a syscall on the hot path)."""
     return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"

@@ -35,7 +35,7 @@ from ..catalog import (
     repository_index,
 )
 from ..deps import loaded_registry, registry_when_loaded
-from ..middleware import _new_request_id, request_id_var
+from ..middleware import new_request_id, request_id_var
 from ..pipeline import DataPlane, infer, observe
 from ..routes.health import EXTENSIONS
 from ..shm import regions
@@ -92,7 +92,7 @@ class _Call:
         self.compute = False
         sent = _metadata(context, "x-request-id")
         self.request_id = sent.strip() if sent and _SANE_ID.match(sent.strip()) else None
-        self.request_id = self.request_id or _new_request_id()  # as REST's: process prefix
+        self.request_id = self.request_id or new_request_id()  # as REST's: process prefix
 
     def authorize(self) -> None:
         keys: list[str] = self.service.state.settings.api_keys

@@ -14,9 +14,9 @@ from lossreg.protocol.sweep import MAX_SWEEP_POINTS, SweepRequest, SweepResponse
 from ..auth import require_api_key
 from ..body import encoded_response, read_admitted_body
 from ..deps import ExecutorDep, RegistryDep, SettingsDep
+from ..jsonapi import decode_inputs, validate_body
 from ..openapi import request_body
 from ..sweep import run_sweep
-from .v1 import _decode_inputs, _validate
 
 router = APIRouter(prefix="/v1", tags=["v1"], dependencies=[Depends(require_api_key)])
 
@@ -53,8 +53,8 @@ async def sweep(
     compute_dtype = request.app.state.compute_dtype
 
     def work(device: Any) -> list[Buffer]:
-        req: SweepRequest = _validate(SweepRequest, body, "sweep request")
-        inputs, _ = _decode_inputs(req.inputs)
+        req: SweepRequest = validate_body(SweepRequest, body, "sweep request")
+        inputs, _ = decode_inputs(req.inputs)
         out = run_sweep(
             loss,
             req,

@@ -6,9 +6,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-import numpy as np
 import orjson
-import pydantic
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
@@ -25,7 +23,6 @@ from lossreg.protocol import (
     LossSpecResponse,
     torch_name,
 )
-from lossreg.protocol.v1 import Form, decode_value, encode_value
 
 from ...engine import Term
 from ...registry import Loss, LossRegistry
@@ -34,8 +31,8 @@ from ..body import encoded_response, read_admitted_body
 from ..catalog import spec_response
 from ..dataplane import Computation, Result, compute
 from ..deps import ExecutorDep, RegistryDep, SettingsDep
-from ..errors import from_validation_error
-from ..inference import Decoded, OutputPlan, parse_json
+from ..inference import Decoded, OutputPlan
+from ..jsonapi import Form, decode_inputs, decode_value, encode_value, validate_body
 from ..openapi import request_body
 from ..pipeline import dataplane, infer, observe, resolve_loss
 
@@ -68,26 +65,6 @@ async def show_loss(name: str, registry: RegistryDep) -> LossSpecResponse:
     return spec_response(registry.spec(name))
 
 
-def _validate(model: type[pydantic.BaseModel], body: Buffer, what: str) -> Any:
-    raw = parse_json(body, what)
-    try:
-        return model.model_validate(raw)
-    except pydantic.ValidationError as exc:
-        raise from_validation_error(exc, what) from None
-
-
-def _decode_inputs(
-    values: Mapping[str, Any],
-) -> tuple[dict[str, tuple[np.ndarray, str]], dict[str, Form]]:
-    inputs: dict[str, tuple[np.ndarray, str]] = {}
-    forms: dict[str, Form] = {}
-    for name, value in values.items():
-        array, datatype, form = decode_value(name, value)
-        inputs[name] = (array, datatype)
-        forms[name] = form
-    return inputs, forms
-
-
 def _grads(result: Result, forms: Mapping[str, Form]) -> dict[str, Any]:
     return {n: encode_value(a, dt, forms[n]) for n, (a, dt) in result.grads.items()}
 
@@ -109,8 +86,8 @@ async def evaluate(name: str, request: Request) -> Response:
     forms: dict[str, Form] = {}
 
     def decode() -> Decoded:
-        req: EvaluateRequest = _validate(EvaluateRequest, body, "evaluate request")
-        inputs, sent_as = _decode_inputs(req.inputs)
+        req: EvaluateRequest = validate_body(EvaluateRequest, body, "evaluate request")
+        inputs, sent_as = decode_inputs(req.inputs)
         forms.update(sent_as)
         grad_loss = None
         if req.grad_loss is not None:
@@ -174,9 +151,9 @@ async def compose(
     compute_dtype = request.app.state.compute_dtype
 
     def work(device: Any) -> list[Buffer]:
-        req: ComposeRequest = _validate(ComposeRequest, body, "compose request")
+        req: ComposeRequest = validate_body(ComposeRequest, body, "compose request")
         terms = _terms(registry, req)
-        inputs, forms = _decode_inputs(req.inputs)
+        inputs, forms = decode_inputs(req.inputs)
         computation = Computation(
             terms,
             inputs,
