@@ -29,7 +29,7 @@ from .openapi import install_openapi
 from .pipeline import DataPlane
 from .readiness import Readiness, lifecycle
 from .routes import health, metrics, repository, shm, sweep, v1, v2
-from .statistics import LocalStatistics
+from .statistics import MetricStatistics
 from .tuning import configure_compute
 
 __all__ = ["create_app"]
@@ -102,7 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = None  # until the lifespan has loaded it
     app.state.readiness = Readiness()
     app.state.compute_dtype = compute_dtype
-    app.state.statistics = LocalStatistics()  # per process; see statistics.StatisticsStore
+    app.state.statistics = MetricStatistics(metrics_.registry, metrics_.path)  # whole server
     add_exception_handlers(app)
     app.add_middleware(InferFastPath)  # inside the request-context middleware
     app.add_middleware(RequestContextMiddleware, metrics=metrics_)
