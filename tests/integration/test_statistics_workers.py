@@ -4,6 +4,9 @@ every request the server handled, REST and gRPC alike."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +107,15 @@ def test_every_statistics_read_counts_every_request_of_both_workers(tmp_path: Pa
                 break
         assert len(shares) == 2 and min(shares.values()) > 0, shares
         assert history == sorted(history)  # never backwards across reads
+
+        # A worker killed mid-run: uvicorn replaces it, and its counts stay in every read.
+        killed = min(shares)
+        os.kill(killed, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while len(server.worker_pids() - {killed}) < 2:
+            assert time.monotonic() < deadline, server.log.read_text()
+            time.sleep(0.2)
+        wait_workers_ready(server, 2)
+        for _ in range(4):
+            _check(_rest_stats(server.url), ok, failed)
+            _check(_grpc_stats(target), ok, failed)
