@@ -1,6 +1,6 @@
 """Whole-server statistics with two worker processes: Triton's statistics extension, read over
 REST (``GET /v2/models/stats``) or gRPC (``ModelStatistics``), whichever worker answers, counts
-every request the server handled, REST and gRPC alike."""
+every request the server handled, REST and gRPC alike, a killed worker's included."""
 
 from __future__ import annotations
 
