@@ -31,7 +31,7 @@ from .openapi import install_openapi
 from .pipeline import DataPlane
 from .readiness import Readiness, lifecycle
 from .routes import health, metrics, repository, shm, sweep, v1, v2
-from .statistics import LocalStatistics
+from .statistics import MetricStatistics
 from .supervision import die_with_supervisor
 from .tuning import configure_compute
 
@@ -108,7 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = None  # until the lifespan has loaded it
     app.state.readiness = Readiness()
     app.state.compute_dtype = compute_dtype
-    app.state.statistics = LocalStatistics()  # per process; see statistics.StatisticsStore
+    app.state.statistics = MetricStatistics(metrics_.registry, metrics_.path)  # whole server
     app.state.body_budget = BodyBudget.from_settings(settings, metrics_.body_bytes)
     add_exception_handlers(app)
     app.add_middleware(InferFastPath)  # inside the request-context middleware
