@@ -41,7 +41,7 @@ from lossreg.protocol import (
 
 from ..registry import LossSpec
 from .errors import from_validation_error
-from .shm import SHM_BYTE_SIZE, SHM_OFFSET, SHM_REGION, SharedMemoryRegions
+from .shm import SHM_BYTE_SIZE, SHM_OFFSET, SHM_REGION, SharedMemoryRegions, write_output
 from .shm import reference as shm_reference
 
 __all__ = [
@@ -243,15 +243,8 @@ def _shm_output(
     name: str, array: np.ndarray, datatype: str, region: str, offset: int, window: memoryview
 ) -> dict[str, Any]:
     """Write an output into its shared-memory window; its response entry names the region."""
-    raw = memoryview(np.ascontiguousarray(array)).cast("B")
-    if raw.nbytes > window.nbytes:
-        raise InvalidTensor(
-            f"output {name!r} needs {raw.nbytes} bytes but its shared memory window has "
-            f"{window.nbytes}",
-            field=name,
-        )
-    window[: raw.nbytes] = raw
-    parameters: dict[str, Any] = {SHM_REGION: region, SHM_BYTE_SIZE: raw.nbytes}
+    written = write_output(name, array, window)
+    parameters: dict[str, Any] = {SHM_REGION: region, SHM_BYTE_SIZE: written}
     if offset:
         parameters[SHM_OFFSET] = offset
     return {"name": name, "datatype": datatype, "shape": list(array.shape),

@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lossreg.errors import (
     InvalidTensor,
     RegionExists,
@@ -41,6 +43,7 @@ __all__ = [
     "SharedMemoryRegions",
     "reference",
     "regions",
+    "write_output",
 ]
 
 SHM_REGION = "shared_memory_region"
@@ -229,3 +232,20 @@ def regions(app: Any) -> SharedMemoryRegions:
     if found is None:
         found = app.state.shm = SharedMemoryRegions(app.state.settings.allow_client_shm)
     return found
+
+
+def write_output(name: str, array: Any, window: memoryview) -> int:
+    """Copy output ``name`` into its shared-memory ``window``; the bytes written (REST and gRPC).
+
+    Raises:
+        InvalidTensor: the window is smaller than the output.
+    """
+    raw = memoryview(np.ascontiguousarray(array)).cast("B")
+    if raw.nbytes > window.nbytes:
+        raise InvalidTensor(
+            f"output {name!r} needs {raw.nbytes} bytes but its shared memory window has "
+            f"{window.nbytes}",
+            field=name,
+        )
+    window[: raw.nbytes] = raw
+    return raw.nbytes

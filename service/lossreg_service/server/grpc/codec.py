@@ -29,7 +29,7 @@ from ..inference import (
     flagged_outputs,
     selected_outputs,
 )
-from ..shm import SHM_BYTE_SIZE, SHM_OFFSET, SHM_REGION, SharedMemoryRegions
+from ..shm import SHM_BYTE_SIZE, SHM_OFFSET, SHM_REGION, SharedMemoryRegions, write_output
 from .proto import grpc_service_pb2 as pb
 
 __all__ = ["decode_infer_request", "encode_infer_response", "from_parameters", "to_message"]
@@ -176,16 +176,9 @@ def encode_infer_response(
         output = response.outputs.add(name=name, datatype=datatype, shape=list(array.shape))
         if name in decoded.plan.shm:
             region, offset, window = decoded.plan.shm[name]
-            raw = memoryview(np.ascontiguousarray(array)).cast("B")
-            if raw.nbytes > window.nbytes:
-                raise InvalidTensor(
-                    f"output {name!r} needs {raw.nbytes} bytes but its shared memory window "
-                    f"has {window.nbytes}",
-                    field=name,
-                )
-            window[: raw.nbytes] = raw
+            written = write_output(name, array, window)
             output.parameters[SHM_REGION].string_param = region
-            output.parameters[SHM_BYTE_SIZE].int64_param = raw.nbytes
+            output.parameters[SHM_BYTE_SIZE].int64_param = written
             if offset:
                 output.parameters[SHM_OFFSET].int64_param = offset
             response.raw_output_contents.append(b"")  # keeps raw outputs aligned by index
