@@ -345,7 +345,11 @@ const SCENARIOS = [
   {
     id: "classification",
     label: "classification: one logit swept, target class fixed",
-    fits: (s) => s.inputs.length === 2 && /^(N|B) C/.test(s.inputs[0].shape || "") && takesInt(s.inputs[1])
+    // Logits "N C ..." (or "*B C": batch optional) against class indices; a loss that also
+    // takes unbatched logits (torch's cross_entropy, nll_loss) declares no shape and says
+    // "classification" in its tags.
+    fits: (s) => s.inputs.length === 2 && takesInt(s.inputs[1])
+      && (/^\*?(N|B) C/.test(s.inputs[0].shape || "") || (!s.inputs[0].shape && s.tags.includes("classification")))
       && (!hasParam(s, "mode") || allowsMode(s, "multiclass")),
     controls: [["classes", 3], ["target class", 0], ["swept class", 0], ["other logits", 0]],
     range: [-6, 6],
