@@ -93,8 +93,9 @@ def test_two_replicas_answer_through_rays_http_proxy(ray_serve: tuple[str, objec
     made = 24
     with ThreadPoolExecutor(6) as pool:
         list(pool.map(one, range(made)))
-    # Each replica is a whole lossreg server with its own /metrics; scrapes through the proxy
-    # land on either, and the two counts add up to the requests made.
+    # Each replica is a whole lossreg server with its own /metrics; 30 scrapes through the
+    # proxy land on both, and the two counts add up to the requests made (an even split shows
+    # one count: half of them).
     seen = set()
     for _ in range(30):
         text = httpx.get(f"{url}/metrics", timeout=30).text
@@ -102,7 +103,7 @@ def test_two_replicas_answer_through_rays_http_proxy(ray_serve: tuple[str, objec
             for s in family.samples:
                 if s.name == "lossreg_requests_total" and s.labels["loss"] == "cross_entropy":
                     seen.add(s.value)
-    assert len(seen) == 2 and sum(seen) == made, seen
+    assert sum(seen) == made if len(seen) == 2 else seen == {made / 2}, seen
 
 
 def test_a_deployment_handle_returns_value_and_gradients_as_tensors(
