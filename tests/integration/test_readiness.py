@@ -20,7 +20,7 @@ from lossreg_service.server.readiness import DEVICE_CHECK_INTERVAL_S
 from lossreg_service.settings import Settings
 
 from ._cli_server import lossreg_serve, wait_workers_ready
-from ._server import serve
+from ._server import free_port, serve
 
 BODY = {"inputs": {"input": [1.0, 3.0], "target": [0.0, 0.0]}}
 V2 = {
@@ -175,3 +175,34 @@ def test_not_ready_while_shutting_down_and_still_serving_during_the_drain(tmp_pa
     with pytest.raises(httpx.TransportError):
         _ready(url)
     assert server.metrics_dirs == []
+
+
+def test_grpc_health_and_server_ready_follow_readiness_while_the_registry_loads() -> None:
+    grpc = pytest.importorskip("grpc")
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    tritongrpc = pytest.importorskip("tritonclient.grpc")
+    port = free_port()
+    GatedSettings.gate.clear()
+    settings = GatedSettings(device="cpu", log_level="warning", grpc_port=port)
+    with serve(settings, ready=False) as url, grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+        client = tritongrpc.InferenceServerClient(f"127.0.0.1:{port}")
+
+        def statuses() -> set[int]:
+            return {
+                health.Check(health_pb2.HealthCheckRequest(service=s), timeout=10).status
+                for s in ("", "inference.GRPCInferenceService")
+            }
+
+        try:
+            assert _ready(url).status_code == 503
+            assert statuses() == {health_pb2.HealthCheckResponse.NOT_SERVING}
+            assert client.is_server_ready() is False
+            assert client.is_server_live() is True
+        finally:
+            GatedSettings.gate.set()
+        _until_ready(url, 60)
+        assert statuses() == {health_pb2.HealthCheckResponse.SERVING}
+        assert client.is_server_ready() is True
+        client.close()
