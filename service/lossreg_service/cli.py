@@ -251,6 +251,7 @@ def serve(
             port=settings.port,
             workers=settings.workers,
             log_level=settings.log_level.lower(),
+            access_log=False,  # lossreg writes one structured line per request (LOSSREG_ACCESS_LOG)
             **uvicorn_options(settings),
         )
 

@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
         "info", description="Logging level."
     )
+    access_log: bool = Field(
+        True,
+        description="One structured access-log line per request (lossreg.access); off: none. "
+        "uvicorn's own access log is always off under `lossreg serve`.",
+    )
     retry_after_s: float = Field(
         1.0, ge=0, description="Retry-After (seconds) sent with 503 when the queue is full."
     )

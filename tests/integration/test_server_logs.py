@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -13,6 +15,7 @@ from lossreg_service.server.logs import JsonFormatter
 from lossreg_service.server.middleware import RequestIdFilter
 from lossreg_service.settings import Settings
 
+from ._cli_server import lossreg_serve
 from ._server import serve
 
 
@@ -54,3 +57,35 @@ def test_access_and_error_logs_carry_the_request_id(collected: _Collect) -> None
     assert errors and "no loss named 'nope'" in errors[0].getMessage()
     line = json.loads(JsonFormatter().format(access["log-1"]))
     assert line["request_id"] == "log-1" and line["status"] == 200 and line["level"] == "info"
+
+
+@pytest.mark.parametrize(("setting", "lines"), [(None, 1), ("false", 0)])
+def test_lossreg_serve_writes_one_access_line_per_request_or_none(
+    tmp_path: Path, setting: str | None, lines: int
+) -> None:
+    """uvicorn's own access log is off under `lossreg serve`; lossreg's structured line is the
+    one (``LOSSREG_ACCESS_LOG=false``: none)."""
+    env = {"LOSSREG_DEVICE": "cpu", "LOSSREG_LOG_LEVEL": "info", "LOSSREG_GRPC_PORT": "0"}
+    if setting is not None:
+        env["LOSSREG_ACCESS_LOG"] = setting
+    with lossreg_serve(["serve"], env, tmp_path) as server:
+        before = server.log.read_text().count("/v2/models/mse_loss/infer")
+        body = {
+            "inputs": [
+                {"name": "input", "shape": [2], "datatype": "FP32", "data": [1.0, 3.0]},
+                {"name": "target", "shape": [2], "datatype": "FP32", "data": [0.0, 0.0]},
+            ]
+        }
+        r = httpx.post(f"{server.url}/v2/models/mse_loss/infer", json=body, timeout=30)
+        assert r.status_code == 200
+        time.sleep(0.5)  # the line is written just after the response
+        server.stop()
+        mentions = [
+            line
+            for line in server.log.read_text().splitlines()
+            if "/v2/models/mse_loss/infer" in line
+        ]
+    assert before == 0
+    assert len(mentions) == lines, mentions
+    for line in mentions:
+        assert json.loads(line)["logger"] == "lossreg.access"

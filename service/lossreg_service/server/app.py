@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ValueError: a device or compute dtype in the settings does not exist.
     """
     settings = settings or Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, access_log=settings.access_log)
     die_with_supervisor()  # a worker of `lossreg serve --workers N` ends with its supervisor
     devices = resolve_devices(settings.device_names)
     compute_dtype = parse_dtype(settings.compute_dtype)

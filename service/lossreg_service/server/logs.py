@@ -38,13 +38,15 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode().translate(_ESCAPES)
 
 
-def configure_logging(level: str = "info") -> None:
-    """Send ``lossreg.*`` logs to stderr as JSON lines, once per process.
+def configure_logging(level: str = "info", *, access_log: bool = True) -> None:
+    """Send ``lossreg.*`` logs to stderr as JSON lines, once per process; ``access_log=False``
+    silences the per-request ``lossreg.access`` line (its call is then a level check).
 
     Left alone if the ``lossreg`` logger already has a handler (the host application's choice).
     """
     logger = logging.getLogger("lossreg")
     logger.setLevel(level.upper())
+    logging.getLogger("lossreg.access").setLevel(logging.NOTSET if access_log else logging.WARNING)
     if logger.handlers:
         return
     handler = logging.StreamHandler(sys.stderr)
