@@ -41,7 +41,8 @@ def _statistics(request: Request) -> Any:
 
 @router.get("/models/stats", response_model=ModelStatisticsResponse, responses=_ERRORS)
 async def all_stats(request: Request, registry: RegistryDep) -> ModelStatisticsResponse:
-    """Statistics of every ready loss (Triton's ``statistics`` extension), this process's."""
+    """Statistics of every ready loss (Triton's ``statistics`` extension), for the whole
+    server whatever the worker count."""
     return model_statistics(registry, _statistics(request))
 
 

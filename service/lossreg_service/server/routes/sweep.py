@@ -13,9 +13,10 @@ from lossreg.protocol.sweep import MAX_SWEEP_POINTS, SweepRequest, SweepResponse
 
 from ..auth import require_api_key
 from ..body import encoded_response, read_admitted_body
-from ..deps import ExecutorDep, RegistryDep, SettingsDep
+from ..deps import ExecutorDep, SettingsDep
 from ..jsonapi import decode_inputs, validate_body
 from ..openapi import request_body
+from ..pipeline import resolve_loss
 from ..sweep import run_sweep
 
 router = APIRouter(prefix="/v1", tags=["v1"], dependencies=[Depends(require_api_key)])
@@ -41,14 +42,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 async def sweep(
     name: str,
     request: Request,
-    registry: RegistryDep,
     settings: SettingsDep,
     executor: ExecutorDep,
 ) -> Response:
     """Value and gradient of one loss along one input element (a curve for a plot)."""
-    request.state.compute = True
-    loss = registry.get(name)
-    request.state.loss = loss.spec.name
+    loss = await resolve_loss(request, name)
     body = await read_admitted_body(request, executor, settings.max_request_bytes)
     compute_dtype = request.app.state.compute_dtype
 
