@@ -195,13 +195,24 @@ def test_grpc_health_and_server_ready_follow_readiness_while_the_registry_loads(
                 for s in ("", "inference.GRPCInferenceService")
             }
 
-        try:
-            assert _ready(url).status_code == 503
-            assert statuses() == {health_pb2.HealthCheckResponse.NOT_SERVING}
-            assert client.is_server_ready() is False
-            assert client.is_server_live() is True
-        finally:
-            GatedSettings.gate.set()
+        with ThreadPoolExecutor(2) as pool:
+            try:
+                assert _ready(url).status_code == 503
+                assert statuses() == {health_pb2.HealthCheckResponse.NOT_SERVING}
+                assert client.is_server_ready() is False
+                assert client.is_server_live() is True
+                # Model RPCs sent now wait for the registry, as REST's routes do.
+                waiting = [
+                    pool.submit(client.get_model_metadata, "mse_loss", as_json=True),
+                    pool.submit(client.get_inference_statistics, "mse_loss", as_json=True),
+                ]
+                time.sleep(0.5)
+                assert not any(w.done() for w in waiting)
+            finally:
+                GatedSettings.gate.set()
+            metadata, stats = (w.result(timeout=30) for w in waiting)
+        assert metadata["name"] == "mse_loss"
+        assert [s["name"] for s in stats["model_stats"]] == ["mse_loss"]
         _until_ready(url, 60)
         assert statuses() == {health_pb2.HealthCheckResponse.SERVING}
         assert client.is_server_ready() is True

@@ -34,7 +34,7 @@ from ..catalog import (
     refuse_model_control,
     repository_index,
 )
-from ..deps import loaded_registry, registry_when_loaded
+from ..deps import registry_when_loaded
 from ..middleware import new_request_id, request_id_var
 from ..pipeline import DataPlane, infer, observe
 from ..routes.health import EXTENSIONS
@@ -192,10 +192,10 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         self.app = app
         self.state: State = app.state
 
-    @property
-    def registry(self) -> LossRegistry:
-        """The loaded registry; `ServerNotReady` (UNAVAILABLE, retried) while it loads."""
-        return loaded_registry(self.app)
+    async def registry(self) -> LossRegistry:
+        """The registry, waiting while it loads as REST's routes do (`ServerNotReady`,
+        UNAVAILABLE, only if it failed to load or did not load within the compute timeout)."""
+        return await registry_when_loaded(self.app)
 
     @property
     def plane(self) -> DataPlane:
@@ -228,28 +228,28 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     # -- models ----------------------------------------------------------------------------------
 
-    def _spec(self, name: str, version: str) -> Any:
-        spec = self.registry.get(name).spec
+    async def _spec(self, name: str, version: str) -> Any:
+        spec = (await self.registry()).get(name).spec
         check_version(spec, version or None)
         return spec
 
     async def ModelReady(self, request: Any, context: Any) -> pb.ModelReadyResponse:
         async def answer() -> pb.ModelReadyResponse:
-            self._spec(request.name, request.version)
+            await self._spec(request.name, request.version)
             return pb.ModelReadyResponse(ready=True)
 
         return await _Call(self, context, "ModelReady").run(answer)
 
     async def ModelMetadata(self, request: Any, context: Any) -> pb.ModelMetadataResponse:
         async def answer() -> pb.ModelMetadataResponse:
-            metadata = model_metadata(self._spec(request.name, request.version))
+            metadata = model_metadata(await self._spec(request.name, request.version))
             return to_message(metadata, pb.ModelMetadataResponse())  # type: ignore[return-value]
 
         return await _Call(self, context, "ModelMetadata").run(answer)
 
     async def ModelConfig(self, request: Any, context: Any) -> pb.ModelConfigResponse:
         async def answer() -> pb.ModelConfigResponse:
-            config = model_config(self._spec(request.name, request.version), self.state.settings)
+            config = model_config(await self._spec(request.name, request.version), self.state.settings)
             response = pb.ModelConfigResponse()
             to_message(config, response.config)
             return response
@@ -259,7 +259,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStatistics(self, request: Any, context: Any) -> pb.ModelStatisticsResponse:
         async def answer() -> pb.ModelStatisticsResponse:
             stats = model_statistics(
-                self.registry, self.state.statistics, request.name, request.version
+                await self.registry(), self.state.statistics, request.name, request.version
             )
             return to_message(stats, pb.ModelStatisticsResponse())  # type: ignore[return-value]
 
@@ -267,7 +267,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     async def RepositoryIndex(self, request: Any, context: Any) -> pb.RepositoryIndexResponse:
         async def answer() -> pb.RepositoryIndexResponse:
-            models = repository_index(self.registry, ready=request.ready)
+            models = repository_index(await self.registry(), ready=request.ready)
             return to_message(  # type: ignore[return-value]
                 {"models": [m.model_dump() for m in models]}, pb.RepositoryIndexResponse()
             )
@@ -290,7 +290,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, call: _Call, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         call.compute = True
-        loss = (await registry_when_loaded(self.app)).get(request.model_name)
+        loss = (await self.registry()).get(request.model_name)
         call.loss = loss.spec.name
         check_version(loss.spec, request.model_version or None)
         plane = self.plane
