@@ -35,9 +35,9 @@ from torch.autograd.function import once_differentiable
 
 from ._client import Client
 from ._config import DEFAULT_RETRIES, DEFAULT_TIMEOUT
+from ._core import bind
 from .errors import InvalidInput
 from .protocol import LossSpecResponse
-from .protocol.names import unknown_input
 
 __all__ = ["RemoteLoss"]
 
@@ -284,22 +284,10 @@ def _scale(grad: torch.Tensor, upstream: torch.Tensor) -> torch.Tensor:
 def _bind(
     name: str, spec: LossSpecResponse, tensors: tuple[Any, ...], named: Mapping[str, Any]
 ) -> dict[str, torch.Tensor]:
-    """Tensors by input name: positional ones in the spec's order, ``None`` ones left out."""
-    order = [t.name for t in spec.inputs] + [t.name for t in spec.tensor_params]
-    if len(tensors) > len(order):
-        raise TypeError(
-            f"{name} takes at most {len(order)} tensors ({', '.join(order)}), got {len(tensors)}"
-        )
-    scalars = sorted(spec.params_schema.get("properties", {}))
-    bound: dict[str, torch.Tensor] = {}
-    for key, value in [*zip(order, tensors), *named.items()]:
-        if key not in order:  # neither a tensor nor a scalar parameter of the loss
-            raise unknown_input(spec.name, key, order + scalars)
-        if key in bound:
-            raise TypeError(f"{name} got two values for input {key!r}")
-        if value is not None:
-            bound[key] = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
-    return bound
+    """Tensors by input name (the clients' binding, refusing names the loss does not have);
+    numbers and arrays become tensors."""
+    bound = bind(name, spec, tensors, named, known_only=True)
+    return {k: v if isinstance(v, torch.Tensor) else torch.as_tensor(v) for k, v in bound.items()}
 
 
 def _grad_names(spec: LossSpecResponse, bound: Mapping[str, torch.Tensor]) -> list[str]:
