@@ -85,7 +85,8 @@ class Client(BaseClient[httpx.BaseTransport]):
 
     def spec(self, name: str, *, refresh: bool = False) -> LossSpecResponse:
         """One loss's spec (inputs, dtypes, shapes, parameter schema); cached per client."""
-        return self._cached_spec(name, refresh) or self._run(self._spec_call(name))
+        cached = self._cached_spec(name, refresh)
+        return cached if cached is not None else self._run(self._spec_call(name))
 
     # -- compute ---------------------------------------------------------------------------------
 
@@ -211,7 +212,8 @@ class AsyncClient(BaseClient[httpx.AsyncBaseTransport]):
 
     async def spec(self, name: str, *, refresh: bool = False) -> LossSpecResponse:
         """One loss's spec (inputs, dtypes, shapes, parameter schema); cached per client."""
-        return self._cached_spec(name, refresh) or await self._run(self._spec_call(name))
+        cached = self._cached_spec(name, refresh)
+        return cached if cached is not None else await self._run(self._spec_call(name))
 
     # -- compute ---------------------------------------------------------------------------------
 

@@ -135,7 +135,7 @@ class _ResponseStream(httpx.SyncByteStream):
                 remaining = response.length
                 if remaining:
                     body = self._transport._buffers.take(remaining, self._header_length)
-                    view = memoryview(body)
+                    view = body.data
                     while remaining:
                         got = response.readinto(view[len(body) - remaining :])
                         if not got:

@@ -198,13 +198,13 @@ class RemoteLoss(nn.Module):
         bound = _autocast_inputs(bound)
         grad = _grad_names(spec, bound)
         if not grad or not torch.is_grad_enabled():
-            return self.client.evaluate(self.name, params=params, grad=[], **bound).loss
+            return _tensor(self.client.evaluate(self.name, params=params, grad=[], **bound).loss)
         reduced = params.get("reduction", _default(spec, "reduction")) != "none"
         eager = reduced and self._scalar_on_server is not False
         call = _Call(self.client, self.name, params, tuple(bound), tuple(grad), eager=eager)
         devices = {t.device.type for t in bound.values()}
         with _autocast_off(devices):
-            out = _RemoteLossFunction.apply(call, *bound.values())
+            out = _apply(call, *bound.values())
         if eager:
             self._scalar_on_server = out.dim() == 0
         return out
@@ -226,7 +226,7 @@ class _RemoteLossFunction(torch.autograd.Function):
     """The loss value in forward; the server's gradients in backward."""
 
     @staticmethod
-    def forward(ctx: Any, call: _Call, *tensors: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, call: _Call, *tensors: torch.Tensor) -> torch.Tensor:
         named = dict(zip(call.names, tensors))
         try:
             result = call.client.evaluate(
@@ -245,7 +245,7 @@ class _RemoteLossFunction(torch.autograd.Function):
         else:  # the upstream gradient is needed: backward asks the server again
             ctx.grads = None
             ctx.save_for_backward(*tensors)
-        return result.loss
+        return _tensor(result.loss)
 
     @staticmethod
     @once_differentiable
@@ -268,6 +268,19 @@ class _RemoteLossFunction(torch.autograd.Function):
             for n, needed in zip(call.names, ctx.needs_input_grad[1:])
         ]
         return (None, *out)
+
+
+def _apply(call: _Call, *tensors: torch.Tensor) -> torch.Tensor:
+    """`_RemoteLossFunction.apply`, typed (torch leaves ``Function.apply`` unannotated)."""
+    apply: Callable[..., torch.Tensor] = _RemoteLossFunction.apply
+    return apply(call, *tensors)
+
+
+def _tensor(value: object) -> torch.Tensor:
+    """A result the client gave back as a tensor (it does when tensors were sent)."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor from the client, got {type(value).__name__}")
+    return value
 
 
 def _scale(grad: torch.Tensor, upstream: torch.Tensor) -> torch.Tensor:

@@ -120,7 +120,7 @@ def encode_value(array: np.ndarray, datatype: str, form: Form) -> Any:
         return values.item() if values.ndim == 0 else values
     out: dict[str, Any] = {"dtype": torch_name(datatype), "shape": list(array.shape)}
     if form is Form.B64:
-        raw = memoryview(np.ascontiguousarray(array)).cast("B") if array.size else b""
+        raw = np.ascontiguousarray(array).data.cast("B") if array.size else b""
         out["b64"] = base64.b64encode(raw).decode("ascii")
     else:
         out["data"] = array_to_json_data(array, datatype)
