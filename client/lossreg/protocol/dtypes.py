@@ -14,6 +14,7 @@ from ..errors import InvalidTensor
 
 __all__ = [
     "DATATYPES",
+    "TypedArray",
     "bf16_from_float",
     "bf16_to_float",
     "datatype_from_numpy",
@@ -41,6 +42,10 @@ _TABLE: dict[str, tuple[np.dtype, str]] = {
 }
 
 DATATYPES: tuple[str, ...] = tuple(_TABLE)
+
+TypedArray = tuple[np.ndarray, str]
+"""An array and its KServe datatype: what the wire carries of a tensor (a ``BF16`` array holds
+the ``uint16`` words, numpy having no bfloat16)."""
 """Every datatype the service accepts, in the protocol's spelling."""
 
 _FROM_TORCH: dict[str, str] = {torch: kserve for kserve, (_, torch) in _TABLE.items()}

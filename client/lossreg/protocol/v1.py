@@ -19,7 +19,7 @@ import numpy as np
 import pydantic
 
 from ..errors import InvalidTensor, field_path
-from .dtypes import datatype_from_torch_name, numpy_dtype, torch_name
+from .dtypes import TypedArray, datatype_from_torch_name, numpy_dtype, torch_name
 from .schemas import TensorPayload
 from .tensors import array_from_bytes, array_from_json, array_to_json_data, check_shape
 
@@ -37,7 +37,7 @@ class Form(enum.Enum):
 _NESTED_DTYPES = {"b": "BOOL", "i": "INT64", "u": "INT64", "f": "FP32"}
 
 
-def _decode_nested(name: str, value: Any) -> tuple[np.ndarray, str]:
+def _decode_nested(name: str, value: Any) -> TypedArray:
     try:
         parsed = np.asarray(value)
     except (ValueError, TypeError) as exc:
