@@ -54,6 +54,8 @@ TermLike = ComposeTerm | Mapping[str, Any] | str
 QueryValue = str | list[str]
 """A query parameter's value (a list repeats the parameter: ``?tag=a&tag=b``)."""
 
+_NO_RETRIES = Retries(0)
+
 T = TypeVar("T")
 V = TypeVar("V")
 TransportT = TypeVar("TransportT", httpx.BaseTransport, httpx.AsyncBaseTransport)
@@ -169,7 +171,7 @@ class BaseClient(Generic[TransportT]):
     def _exchange(self, call: Call[T]) -> _retry.Exchange[T]:
         """The attempts of ``call``; each attempt's request is rebuilt (same body, same id)."""
         request_id = uuid.uuid4().hex
-        retries = self.retries if call.retry else Retries(0)
+        retries = self.retries if call.retry else _NO_RETRIES
         return _retry.Exchange(lambda: self._request(call, request_id), retries, call.parse)
 
     def _request(self, call: Call[Any], request_id: str) -> httpx.Request:
