@@ -174,7 +174,7 @@ class BaseClient(Generic[TransportT]):
         retries = self.retries if call.retry else _NO_RETRIES
         return _retry.Exchange(lambda: self._request(call, request_id), retries, call.parse)
 
-    def _request(self, call: Call[Any], request_id: str) -> httpx.Request:
+    def _request(self, call: Call[T], request_id: str) -> httpx.Request:
         headers = {**self._headers, "X-Request-ID": request_id, **call.headers}
         url = self.url.join(call.path)
         if call.query:
