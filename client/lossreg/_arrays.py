@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import numpy as np
 
 from .errors import InvalidInput
 from .protocol import datatype_from_numpy, torch_name
 from .protocol.torch_bridge import array_to_tensor, tensor_to_array
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["Origin", "WireArray", "from_wire", "is_torch_tensor", "to_wire"]
 
@@ -63,7 +66,7 @@ class WireArray:
         return tuple(self.array.shape)
 
 
-def is_torch_tensor(value: Any) -> bool:
+def is_torch_tensor(value: object) -> TypeGuard[torch.Tensor]:
     """Whether ``value`` is a torch tensor (without importing torch)."""
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(value, torch.Tensor)

@@ -13,13 +13,21 @@ of ``httpx.Timeout``::
 
 from __future__ import annotations
 
-from typing import Any
+import enum
+from typing import Final
 
 import httpx
 
 __all__ = ["DEFAULT_RETRIES", "DEFAULT_TIMEOUT", "Retries", "Timeout"]
 
-_UNSET: Any = object()
+
+class _Unset(enum.Enum):
+    """The type of an argument not given (None is a value: "no limit")."""
+
+    UNSET = "UNSET"
+
+
+_UNSET: Final = _Unset.UNSET
 
 
 class Timeout:
@@ -36,14 +44,19 @@ class Timeout:
         pool: seconds to wait for a free connection from the pool.
     """
 
+    connect: float | None
+    read: float | None
+    write: float | None
+    pool: float | None
+
     def __init__(
         self,
-        timeout: float | None | Timeout = _UNSET,
+        timeout: float | None | Timeout | _Unset = _UNSET,
         *,
-        connect: float | None = _UNSET,
-        read: float | None = _UNSET,
-        write: float | None = _UNSET,
-        pool: float | None = _UNSET,
+        connect: float | None | _Unset = _UNSET,
+        read: float | None | _Unset = _UNSET,
+        write: float | None | _Unset = _UNSET,
+        pool: float | None | _Unset = _UNSET,
     ) -> None:
         if isinstance(timeout, Timeout):
             if any(v is not _UNSET for v in (connect, read, write, pool)):
@@ -64,10 +77,10 @@ class Timeout:
             ("pool", pool),
         ):
             _check_seconds(name, value)
-        self.connect: float | None = default if connect is _UNSET else connect
-        self.read: float | None = default if read is _UNSET else read
-        self.write: float | None = default if write is _UNSET else write
-        self.pool: float | None = default if pool is _UNSET else pool
+        self.connect = default if connect is _UNSET else connect
+        self.read = default if read is _UNSET else read
+        self.write = default if write is _UNSET else write
+        self.pool = default if pool is _UNSET else pool
 
     def as_dict(self) -> dict[str, float | None]:
         return {"connect": self.connect, "read": self.read, "write": self.write, "pool": self.pool}
@@ -108,6 +121,12 @@ class Retries:
         jitter: the fraction of each wait drawn at random (0: none, 1: anywhere in [0, wait]).
         max_retry_after: the longest wait a server's ``Retry-After`` may impose.
     """
+
+    total: int
+    backoff: float
+    max_backoff: float
+    jitter: float
+    max_retry_after: float
 
     def __init__(
         self,
@@ -158,7 +177,7 @@ class Retries:
         return f"Retries({args})"
 
 
-def _check_seconds(name: str, value: Any, *, allow_none: bool = True) -> None:
+def _check_seconds(name: str, value: object, *, allow_none: bool = True) -> None:
     if value is _UNSET or (value is None and allow_none):
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:

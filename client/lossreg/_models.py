@@ -36,13 +36,13 @@ class ComposeResult:
 
     Args:
         loss: the weighted total, 0-d, in the caller's kind of array.
-        terms: each term's (unweighted) value, by label.
+        terms: each term's (unweighted) value, by label (None: not finite).
         weights: each term's weight, by label.
         grads: gradient of the total by input name.
     """
 
     loss: Any
-    terms: dict[str, float]
+    terms: dict[str, float | None]
     weights: dict[str, float]
     grads: dict[str, Any] = dataclasses.field(default_factory=dict)
 

@@ -17,15 +17,22 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 import anyio
 import httpx
 
 from ._config import Retries
+from ._wire import Answer, error_from_answer, map_httpx_error
 from .errors import ServerBusy
 
-__all__ = ["RetryState", "is_retryable", "parse_retry_after"]
+__all__ = ["Exchange", "Outcome", "RetryState", "is_retryable", "parse_retry_after"]
+
+T = TypeVar("T")
+
+Outcome = Answer | httpx.RequestError
+"""What one attempt came to: an answer (any status), or a request that got none."""
 
 logger = logging.getLogger("lossreg.client")
 
@@ -107,6 +114,80 @@ class RetryState:
             error,
         )
         return delay
+
+
+class Exchange(Generic[T]):
+    """The attempts of one logical request, sans I/O: the one retry loop of both clients.
+
+    Iterating gives ``(wait, request)`` pairs: wait ``wait`` seconds (None: the first attempt,
+    no wait), send ``request``, and `record` what came of it. Iteration stops at a successful
+    answer, whose parsed value `result` returns, or raises the error to give up with: the
+    server's own (a 4xx, a 503 retried ``total`` times) or a `TransportError`/`TimeoutError`
+    for a request that got no answer. Only the waiting and the sending differ between
+    `Client` and `AsyncClient`::
+
+        for wait, request in exchange:
+            if wait is not None:
+                sleep(wait)
+            exchange.record(send(request))
+        return exchange.result()
+
+    Args:
+        build: a fresh request for each attempt (the same body and request id each time).
+        retries: the policy.
+        parse: the successful answer -> the result.
+        rng: the jitter's source of uniform numbers in [0, 1) (tests pass a fixed one).
+    """
+
+    def __init__(
+        self,
+        build: Callable[[], httpx.Request],
+        retries: Retries,
+        parse: Callable[[Answer], T],
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self._build = build
+        self._parse = parse
+        self._state = RetryState(retries, rng)
+        self._outcome: Outcome | None = None
+        self._answer: Answer | None = None
+
+    def record(self, outcome: Outcome) -> None:
+        """What the attempt just sent came to."""
+        self._outcome = outcome
+
+    def __iter__(self) -> Iterator[tuple[float | None, httpx.Request]]:
+        wait: float | None = None
+        while self._answer is None:
+            self._outcome = None
+            yield wait, self._build()
+            wait = self._next_wait()
+
+    def _next_wait(self) -> float | None:
+        """Seconds to wait before the next attempt; None after a success; raises to give up."""
+        outcome = self._outcome
+        if outcome is None:
+            raise RuntimeError("Exchange: record() the outcome of each request before the next")
+        if isinstance(outcome, httpx.RequestError):
+            delay = self._state.next_delay(outcome)
+            if delay is None:
+                raise map_httpx_error(outcome, self._state.attempt + 1) from outcome
+            return delay
+        if outcome.response.is_success:
+            self._answer = outcome
+            return None
+        error = error_from_answer(outcome.response, outcome.body)
+        retry_after = error.retry_after if isinstance(error, ServerBusy) else None
+        delay = self._state.next_delay(error, retry_after)
+        if delay is None:
+            raise error
+        return delay
+
+    def result(self) -> T:
+        """The parsed successful answer (after iteration ended)."""
+        if self._answer is None:
+            raise RuntimeError("Exchange: no successful answer yet")
+        return self._parse(self._answer)
 
 
 def sleep(seconds: float) -> None:

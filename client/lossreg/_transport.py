@@ -26,7 +26,7 @@ import http.client
 import socket
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import httpx
@@ -40,6 +40,11 @@ __all__ = ["HTTPTransport", "default_transport"]
 _SMALL = 64 * 1024  # bodies up to this size go out in the same write as the headers
 _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 _ALIGN = 64
+
+_Key = tuple[str, int | None]
+"""A connection pool's key: the server's host and port."""
+Timeouts = Mapping[str, float | None]
+"""httpx's per-request ``timeout`` extension: seconds by phase (connect, read, write, pool)."""
 
 
 class _Buffers:
@@ -119,7 +124,12 @@ class _ResponseStream(httpx.SyncByteStream):
     """The answer's body: one buffer read in place when its length is known, else pieces."""
 
     def __init__(
-        self, transport: HTTPTransport, key: Any, conn: Any, response: Any, header_length: Any
+        self,
+        transport: HTTPTransport,
+        key: _Key,
+        conn: _Connection,
+        response: http.client.HTTPResponse,
+        header_length: int | None,
     ) -> None:
         self._transport = transport
         self._header_length = header_length
@@ -135,7 +145,7 @@ class _ResponseStream(httpx.SyncByteStream):
                 remaining = response.length
                 if remaining:
                     body = self._transport._buffers.take(remaining, self._header_length)
-                    view = memoryview(body)
+                    view = body.data
                     while remaining:
                         got = response.readinto(view[len(body) - remaining :])
                         if not got:
@@ -174,13 +184,13 @@ class HTTPTransport(httpx.BaseTransport):
     def __init__(self, *, uds: str | None = None, max_idle: int = 16) -> None:
         self._uds = uds
         self._max_idle = max_idle
-        self._idle: dict[Any, list[_Connection]] = {}
+        self._idle: dict[_Key, list[_Connection]] = {}
         self._lock = threading.Lock()
         self._buffers = _Buffers()
 
     # -- the pool ------------------------------------------------------------------------------
 
-    def _connect(self, url: httpx.URL, timeout: dict[str, Any]) -> _Connection:
+    def _connect(self, url: httpx.URL, timeout: Timeouts) -> _Connection:
         connect = timeout.get("connect")
         if self._uds:
             conn: _Connection = _UnixConnection(self._uds, connect)
@@ -194,12 +204,12 @@ class HTTPTransport(httpx.BaseTransport):
             raise httpx.ConnectError(f"{type(exc).__name__}: {exc}") from exc
         return conn
 
-    def _acquire(self, key: Any) -> _Connection | None:
+    def _acquire(self, key: _Key) -> _Connection | None:
         with self._lock:
             idle = self._idle.get(key)
             return idle.pop() if idle else None
 
-    def _release(self, key: Any, conn: _Connection) -> None:
+    def _release(self, key: _Key, conn: _Connection) -> None:
         with self._lock:
             idle = self._idle.setdefault(key, [])
             if len(idle) < self._max_idle:
@@ -225,8 +235,8 @@ class HTTPTransport(httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if request.url.scheme != "http":
             raise httpx.UnsupportedProtocol(f"HTTPTransport serves http:// URLs, not {request.url}")
-        timeout: dict[str, Any] = request.extensions.get("timeout", {})
-        key = (request.url.host, request.url.port)
+        timeout: Timeouts = request.extensions.get("timeout", {})
+        key: _Key = (request.url.host, request.url.port)
         conn = self._acquire(key)
         if conn is not None:
             try:
@@ -242,9 +252,9 @@ class HTTPTransport(httpx.BaseTransport):
     def _exchange(
         self,
         conn: _Connection,
-        key: Any,
+        key: _Key,
         request: httpx.Request,
-        timeout: dict[str, Any],
+        timeout: Timeouts,
         *,
         reused: bool,
     ) -> httpx.Response:
@@ -287,10 +297,12 @@ class HTTPTransport(httpx.BaseTransport):
             conn.putheader(name.decode("latin-1"), value.decode("latin-1"))
         if not has_host:
             conn.putheader("Host", request.url.netloc.decode("ascii"))
-        chunks = list(request.stream)  # type: ignore[arg-type]  # a sync request body
+        if not isinstance(request.stream, httpx.SyncByteStream):
+            raise TypeError("HTTPTransport sends sync request bodies only")
+        chunks = list(request.stream)
         size = sum(len(memoryview(c).cast("B")) for c in chunks)
         if chunked:
-            framed: list[Any] = []
+            framed: list[bytes] = []
             for chunk in chunks:
                 if len(chunk):
                     framed += [f"{len(chunk):x}\r\n".encode(), chunk, b"\r\n"]

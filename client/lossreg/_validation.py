@@ -9,7 +9,6 @@ with, without a round trip. Anything costlier (parameter ranges, values) is left
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from .protocol import (
     GRAD_LOSS,
@@ -20,15 +19,21 @@ from .protocol import (
     unknown_input,
     unknown_output,
 )
-from .protocol.checks import check_grad, check_shapes, check_tensors, unknown_parameter
+from .protocol.checks import (
+    TensorInfo,
+    check_grad,
+    check_shapes,
+    check_tensors,
+    unknown_parameter,
+)
 
 __all__ = ["check_grad", "check_request", "check_shapes", "check_term"]
 
 
 def check_request(
     spec: LossSpecResponse,
-    tensors: Mapping[str, tuple[tuple[int, ...], str]],
-    params: Mapping[str, Any],
+    tensors: Mapping[str, TensorInfo],
+    params: Mapping[str, object],
     grad: Sequence[str] | None,
 ) -> None:
     """Raise what the server's inference route would for a one-loss request, or nothing.
@@ -58,8 +63,8 @@ def check_request(
 
 def check_term(
     spec: LossSpecResponse,
-    tensors: Mapping[str, tuple[tuple[int, ...], str]],
-    params: Mapping[str, Any],
+    tensors: Mapping[str, TensorInfo],
+    params: Mapping[str, object],
 ) -> None:
     """One loss's checks: its inputs are all there, of accepted dtypes and related shapes."""
     check_tensors(spec, tensors)

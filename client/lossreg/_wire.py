@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import numpy as np
@@ -49,6 +49,7 @@ from .protocol import (
 from .protocol.v1 import Form, decode_value, encode_value
 
 __all__ = [
+    "Answer",
     "BodyReader",
     "Chunks",
     "InferCall",
@@ -63,6 +64,19 @@ __all__ = [
 ]
 
 _ALIGN = 64  # tensor data in answers starts on a 64-byte boundary (any dtype, SIMD loads)
+
+Body = np.ndarray[tuple[int], np.dtype[np.uint8]]
+"""An answer's body: one aligned, writable buffer of bytes (outputs are views of it)."""
+
+Scalar = bool | int | float | str | None
+"""A loss parameter as JSON carries it (KServe parameters are only these)."""
+
+
+class Answer(NamedTuple):
+    """A successful answer: its response (headers, status) and its whole body."""
+
+    response: httpx.Response
+    body: Body
 
 
 class Chunks(httpx.SyncByteStream, httpx.AsyncByteStream):
@@ -103,10 +117,11 @@ class InferCall:
         }
 
 
-def scalar_params(params: Mapping[str, Any] | None, *, kserve: bool) -> dict[str, Any]:
+def scalar_params(params: Mapping[str, object] | None, *, kserve: bool) -> dict[str, Any]:
     """Loss parameters as JSON values: numpy and one-element torch scalars become numbers.
 
-    KServe parameters can only be booleans, numbers and strings (``kserve=True`` enforces it).
+    KServe parameters can only be booleans, numbers and strings (``kserve=True`` enforces it;
+    /v1 terms may carry lists and objects too). Called once per request, before checks.
     """
     out: dict[str, Any] = {}
     for key, value in (params or {}).items():
@@ -139,11 +154,14 @@ def loss_origin(wires: Mapping[str, WireArray]) -> Origin:
 def infer_body(
     name: str,
     wires: Mapping[str, WireArray],
-    params: Mapping[str, Any],
+    params: Mapping[str, Scalar],
     grad: Sequence[str] | None,
     grad_loss: WireArray | None,
 ) -> InferCall:
-    """The framed binary request: JSON header, then each input's bytes, in order."""
+    """The framed binary request: JSON header, then each input's bytes, in order.
+
+    ``params`` are already JSON scalars (`scalar_params` with ``kserve=True``).
+    """
     inputs: list[dict[str, Any]] = []
     buffers: list[Buffer] = []
     items = list(wires.items()) + ([(GRAD_LOSS, grad_loss)] if grad_loss is not None else [])
@@ -152,7 +170,7 @@ def infer_body(
         inputs.append(entry)
         assert raw is not None
         buffers.append(raw)
-    parameters = scalar_params(params, kserve=True)
+    parameters: dict[str, Scalar] = dict(params)
     header: dict[str, Any] = {"inputs": inputs}
     if grad is None:
         parameters["binary_data_output"] = True
@@ -168,28 +186,32 @@ def infer_body(
     return InferCall(name, chunks, header_length, origins, loss_origin(wires))
 
 
-def _writable_aligned(array: np.ndarray) -> np.ndarray:
+def _writable_aligned(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     """Outputs are views of our buffer; one whose start is not aligned is copied once."""
     return array if array.flags.aligned and array.flags.writeable else array.copy()
 
 
-def parse_infer(call: InferCall, response: httpx.Response, body: np.ndarray) -> EvaluateResult:
-    """The loss and gradients of an infer answer, in the caller's kind, device and dtype."""
+def parse_infer(call: InferCall, answer: Answer) -> EvaluateResult:
+    """The loss and gradients of an infer answer, in the caller's kind, device and dtype.
+
+    The header is validated once, by pydantic; the binary codec then reads the validated
+    outputs' fields in place (``vars``: no dump back to dicts).
+    """
     try:
-        header_view, data = split_body(memoryview(body), response.headers.get(HEADER_LENGTH))
-        answer = InferResponse.model_validate(orjson.loads(header_view))
-        outputs = [o.model_dump(exclude_none=True) for o in answer.outputs]
-        raws = slice_binary_data(outputs, data, kind="output")
-        arrays = {o["name"]: decode_tensor(o, raws.get(o["name"])) for o in outputs}
+        header_length = answer.response.headers.get(HEADER_LENGTH)
+        header_view, data = split_body(answer.body.data, header_length)
+        outputs = InferResponse.model_validate(orjson.loads(header_view)).outputs
+        raws = slice_binary_data([vars(o) for o in outputs], data, kind="output")
+        arrays = {o.name: decode_tensor(vars(o), raws.get(o.name)) for o in outputs}
     except (LossRegError, ValueError) as exc:
         raise TransportError(f"malformed answer from the server for {call.name!r}: {exc}") from exc
-    datatypes = {o["name"]: o["datatype"] for o in outputs}
+    datatypes = {o.name: o.datatype for o in outputs}
     if LOSS not in arrays:
         raise TransportError(f"the server's answer for {call.name!r} has no {LOSS!r} output")
     loss = from_wire(
         _writable_aligned(arrays.pop(LOSS)), datatypes[LOSS], call.loss_origin, cast=False
     )
-    grads = {}
+    grads: dict[str, Any] = {}
     for out, array in arrays.items():
         input_name = input_of(out)
         origin = call.origins.get(input_name, call.loss_origin)
@@ -216,10 +238,10 @@ def compose_body(
     return orjson.dumps(body)
 
 
-def parse_compose(body: np.ndarray, wires: Mapping[str, WireArray]) -> ComposeResult:
+def parse_compose(body: Body, wires: Mapping[str, WireArray]) -> ComposeResult:
     """The total, terms and gradients of a ``/v1/evaluate`` answer, in the caller's kind."""
     try:
-        answer = ComposeResponse.model_validate(orjson.loads(memoryview(body)))
+        answer = ComposeResponse.model_validate(orjson.loads(body.data))
         grads: dict[str, Any] = {}
         for name, value in answer.grads.items():
             wire = wires.get(name)
@@ -235,7 +257,7 @@ def parse_compose(body: np.ndarray, wires: Mapping[str, WireArray]) -> ComposeRe
     return ComposeResult(loss, dict(answer.terms), dict(answer.weights), grads)
 
 
-def new_buffer(size: int, header_length: int | None) -> np.ndarray:
+def new_buffer(size: int, header_length: int | None) -> Body:
     """A writable ``uint8`` buffer for a body whose binary part starts 64-byte aligned."""
     raw = np.empty(size + _ALIGN, dtype=np.uint8)
     offset = (-(raw.ctypes.data + (header_length or 0))) % _ALIGN
@@ -255,7 +277,7 @@ class BodyReader:
         length = response.headers.get("Content-Length", "")
         known = encoding in ("", "identity") and length.strip().isdigit()
         self._size = int(length) if known else None
-        self._body = new_buffer(self._size, self._header_length) if known else None
+        self._body = None if self._size is None else new_buffer(self._size, self._header_length)
         self._parts: list[bytes] = []
         self._pos = 0
 
@@ -271,7 +293,7 @@ class BodyReader:
         self._body[self._pos : end] = np.frombuffer(chunk, dtype=np.uint8)
         self._pos = end
 
-    def _adopt(self, chunk: Any) -> bool:
+    def _adopt(self, chunk: object) -> bool:
         """Take a chunk that is the whole answer, writable and aligned, as the buffer itself
         (the transport reads answers that way): no copy."""
         if not isinstance(chunk, memoryview) or chunk.readonly or chunk.nbytes != self._size:
@@ -282,7 +304,7 @@ class BodyReader:
         self._body, self._pos = body, len(body)
         return True
 
-    def finish(self) -> np.ndarray:
+    def finish(self) -> Body:
         if self._body is None:
             data = b"".join(self._parts)
             body = new_buffer(len(data), self._header_length)
@@ -293,9 +315,9 @@ class BodyReader:
         return self._body
 
 
-def error_from_answer(response: httpx.Response, body: np.ndarray) -> LossRegError:
+def error_from_answer(response: httpx.Response, body: Body) -> LossRegError:
     """The exception the server raised, rebuilt from its error answer."""
-    raw = memoryview(body)
+    raw = body.data
     try:
         payload: Any = orjson.loads(raw)
     except orjson.JSONDecodeError:

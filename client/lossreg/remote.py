@@ -35,9 +35,9 @@ from torch.autograd.function import once_differentiable
 
 from ._client import Client
 from ._config import DEFAULT_RETRIES, DEFAULT_TIMEOUT
+from ._core import bind
 from .errors import InvalidInput
 from .protocol import LossSpecResponse
-from .protocol.names import unknown_input
 
 __all__ = ["RemoteLoss"]
 
@@ -198,13 +198,13 @@ class RemoteLoss(nn.Module):
         bound = _autocast_inputs(bound)
         grad = _grad_names(spec, bound)
         if not grad or not torch.is_grad_enabled():
-            return self.client.evaluate(self.name, params=params, grad=[], **bound).loss
+            return _tensor(self.client.evaluate(self.name, params=params, grad=[], **bound).loss)
         reduced = params.get("reduction", _default(spec, "reduction")) != "none"
         eager = reduced and self._scalar_on_server is not False
         call = _Call(self.client, self.name, params, tuple(bound), tuple(grad), eager=eager)
         devices = {t.device.type for t in bound.values()}
         with _autocast_off(devices):
-            out = _RemoteLossFunction.apply(call, *bound.values())
+            out = _apply(call, *bound.values())
         if eager:
             self._scalar_on_server = out.dim() == 0
         return out
@@ -226,7 +226,7 @@ class _RemoteLossFunction(torch.autograd.Function):
     """The loss value in forward; the server's gradients in backward."""
 
     @staticmethod
-    def forward(ctx: Any, call: _Call, *tensors: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, call: _Call, *tensors: torch.Tensor) -> torch.Tensor:
         named = dict(zip(call.names, tensors))
         try:
             result = call.client.evaluate(
@@ -245,7 +245,7 @@ class _RemoteLossFunction(torch.autograd.Function):
         else:  # the upstream gradient is needed: backward asks the server again
             ctx.grads = None
             ctx.save_for_backward(*tensors)
-        return result.loss
+        return _tensor(result.loss)
 
     @staticmethod
     @once_differentiable
@@ -270,6 +270,19 @@ class _RemoteLossFunction(torch.autograd.Function):
         return (None, *out)
 
 
+def _apply(call: _Call, *tensors: torch.Tensor) -> torch.Tensor:
+    """`_RemoteLossFunction.apply`, typed (torch leaves ``Function.apply`` unannotated)."""
+    apply: Callable[..., torch.Tensor] = _RemoteLossFunction.apply
+    return apply(call, *tensors)
+
+
+def _tensor(value: object) -> torch.Tensor:
+    """A result the client gave back as a tensor (it does when tensors were sent)."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor from the client, got {type(value).__name__}")
+    return value
+
+
 def _scale(grad: torch.Tensor, upstream: torch.Tensor) -> torch.Tensor:
     """``upstream * grad``, in float32 at least, so a GradScaler's scale does not overflow."""
     if upstream.device.type == "cpu" and upstream.numel() == 1 and upstream.item() == 1.0:
@@ -284,22 +297,10 @@ def _scale(grad: torch.Tensor, upstream: torch.Tensor) -> torch.Tensor:
 def _bind(
     name: str, spec: LossSpecResponse, tensors: tuple[Any, ...], named: Mapping[str, Any]
 ) -> dict[str, torch.Tensor]:
-    """Tensors by input name: positional ones in the spec's order, ``None`` ones left out."""
-    order = [t.name for t in spec.inputs] + [t.name for t in spec.tensor_params]
-    if len(tensors) > len(order):
-        raise TypeError(
-            f"{name} takes at most {len(order)} tensors ({', '.join(order)}), got {len(tensors)}"
-        )
-    scalars = sorted(spec.params_schema.get("properties", {}))
-    bound: dict[str, torch.Tensor] = {}
-    for key, value in [*zip(order, tensors), *named.items()]:
-        if key not in order:  # neither a tensor nor a scalar parameter of the loss
-            raise unknown_input(spec.name, key, order + scalars)
-        if key in bound:
-            raise TypeError(f"{name} got two values for input {key!r}")
-        if value is not None:
-            bound[key] = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
-    return bound
+    """Tensors by input name (the clients' binding, refusing names the loss does not have);
+    numbers and arrays become tensors."""
+    bound = bind(name, spec, tensors, named, known_only=True)
+    return {k: v if isinstance(v, torch.Tensor) else torch.as_tensor(v) for k, v in bound.items()}
 
 
 def _grad_names(spec: LossSpecResponse, bound: Mapping[str, torch.Tensor]) -> list[str]:

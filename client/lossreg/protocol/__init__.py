@@ -24,6 +24,7 @@ from .binary import (
 )
 from .dtypes import (
     DATATYPES,
+    TypedArray,
     bf16_from_float,
     bf16_to_float,
     datatype_from_numpy,
@@ -78,6 +79,7 @@ __all__ = [
     "LOSS",
     "RESERVED_PARAMETERS",
     "RESERVED_PARAMETER_PREFIX",
+    "TypedArray",
     "Buffer",
     "announced_header_length",
     "array_from_bytes",

@@ -14,6 +14,7 @@ from ..errors import InvalidTensor
 
 __all__ = [
     "DATATYPES",
+    "TypedArray",
     "bf16_from_float",
     "bf16_to_float",
     "datatype_from_numpy",
@@ -41,6 +42,10 @@ _TABLE: dict[str, tuple[np.dtype, str]] = {
 }
 
 DATATYPES: tuple[str, ...] = tuple(_TABLE)
+
+TypedArray = tuple[np.ndarray, str]
+"""An array and its KServe datatype: what the wire carries of a tensor (a ``BF16`` array holds
+the ``uint16`` words, numpy having no bfloat16)."""
 """Every datatype the service accepts, in the protocol's spelling."""
 
 _FROM_TORCH: dict[str, str] = {torch: kserve for kserve, (_, torch) in _TABLE.items()}
@@ -115,7 +120,7 @@ def bf16_from_float(values: np.ndarray) -> np.ndarray:
     """Round float values to bfloat16 words (round to nearest even), as ``uint16``."""
     bits = np.ascontiguousarray(values, dtype="<f4").view("<u4")
     rounding = ((bits >> 16) & 1) + np.uint32(0x7FFF)
-    words = ((bits + rounding) >> 16).astype("<u2")
+    words: np.ndarray = ((bits + rounding) >> 16).astype("<u2")
     nan = np.isnan(values)
     if nan.any():  # keep NaN a NaN whatever the rounding did to its payload
         words[np.broadcast_to(nan, words.shape)] = 0x7FC0
@@ -124,4 +129,6 @@ def bf16_from_float(values: np.ndarray) -> np.ndarray:
 
 def bf16_to_float(words: np.ndarray) -> np.ndarray:
     """bfloat16 words (``uint16``) -> exact ``float32`` values."""
-    return (np.asarray(words, dtype="<u2").astype("<u4") << 16).view("<f4")
+    bits = np.asarray(words, dtype="<u2").astype("<u4") << np.uint32(16)
+    floats: np.ndarray = bits.view("<f4")  # little-endian on any host, as the wire is
+    return floats

@@ -248,7 +248,7 @@ def encode_tensor(
         wire = np.ascontiguousarray(array)
         if wire.dtype.byteorder == ">":
             wire = wire.astype(wire.dtype.newbyteorder("<"))
-        raw = memoryview(wire).cast("B") if wire.size else memoryview(b"")
+        raw = wire.data.cast("B") if wire.size else memoryview(b"")
         params["binary_data_size"] = len(raw)
         entry["parameters"] = params
         return entry, raw

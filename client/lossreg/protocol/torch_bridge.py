@@ -8,16 +8,19 @@ are views of a writable body become tensors without a copy.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .dtypes import datatype_from_torch_name
+from .dtypes import TypedArray, datatype_from_torch_name
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["array_to_tensor", "tensor_to_array"]
 
 
-def tensor_to_array(tensor: Any, field: str | None = None) -> tuple[np.ndarray, str]:
+def tensor_to_array(tensor: torch.Tensor, field: str | None = None) -> TypedArray:
     """A host copy (or view) of ``tensor`` as contiguous little-endian values, and its KServe
     datatype.
 
@@ -36,7 +39,7 @@ def tensor_to_array(tensor: Any, field: str | None = None) -> tuple[np.ndarray, 
     return t.numpy(), datatype
 
 
-def array_to_tensor(array: np.ndarray, datatype: str) -> Any:
+def array_to_tensor(array: np.ndarray, datatype: str) -> torch.Tensor:
     """A CPU tensor sharing ``array``'s memory when it is writable, contiguous and little-endian
     (otherwise copied first: torch must not write into read-only memory)."""
     import torch

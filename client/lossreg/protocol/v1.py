@@ -19,7 +19,7 @@ import numpy as np
 import pydantic
 
 from ..errors import InvalidTensor, field_path
-from .dtypes import datatype_from_torch_name, numpy_dtype, torch_name
+from .dtypes import TypedArray, datatype_from_torch_name, numpy_dtype, torch_name
 from .schemas import TensorPayload
 from .tensors import array_from_bytes, array_from_json, array_to_json_data, check_shape
 
@@ -37,7 +37,7 @@ class Form(enum.Enum):
 _NESTED_DTYPES = {"b": "BOOL", "i": "INT64", "u": "INT64", "f": "FP32"}
 
 
-def _decode_nested(name: str, value: Any) -> tuple[np.ndarray, str]:
+def _decode_nested(name: str, value: Any) -> TypedArray:
     try:
         parsed = np.asarray(value)
     except (ValueError, TypeError) as exc:
@@ -120,7 +120,7 @@ def encode_value(array: np.ndarray, datatype: str, form: Form) -> Any:
         return values.item() if values.ndim == 0 else values
     out: dict[str, Any] = {"dtype": torch_name(datatype), "shape": list(array.shape)}
     if form is Form.B64:
-        raw = memoryview(np.ascontiguousarray(array)).cast("B") if array.size else b""
+        raw = np.ascontiguousarray(array).data.cast("B") if array.size else b""
         out["b64"] = base64.b64encode(raw).decode("ascii")
     else:
         out["data"] = array_to_json_data(array, datatype)
