@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 
 from lossreg_service.settings import Settings
-from tests.kserve_manifests import (
+from tests.support.kserve_manifests import (
     CRDS,
     crd_schema,
     documents,

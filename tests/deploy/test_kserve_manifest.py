@@ -14,7 +14,8 @@ import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.kserve_manifests import (
+from tests.support.cli_server import lossreg_serve, wait_workers_ready
+from tests.support.kserve_manifests import (
     ENTRYPOINT,
     env_of,
     keda_metrics,
@@ -23,8 +24,6 @@ from tests.kserve_manifests import (
     pod_container,
     runtime_named,
 )
-
-from ._cli_server import lossreg_serve, wait_workers_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.loss_cases import CASES, make_case, reference
+from tests.support.loss_cases import CASES, make_case, reference
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
 

@@ -8,7 +8,7 @@ import torch
 
 from lossreg_service.engine import evaluate
 from lossreg_service.registry import Loss, LossRegistry
-from tests.loss_cases import CASES, grad_names, make_case, reference
+from tests.support.loss_cases import CASES, grad_names, make_case, reference
 
 REGISTRY = LossRegistry.from_entry_points(autoload=False)
 BUILTINS = [
