@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lossreg_service.settings import Settings
+
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
 INSTALL_SCRIPT = REPO / ".ci" / "container-install.sh"
@@ -198,7 +200,10 @@ def test_runtime_stage_runs_lossreg_serve_as_a_non_root_user(name: str) -> None:
     assert json.loads(runtime.one("CMD")) == ["serve"]
     env = dict(re.findall(r"(\w+)=(\S+)", runtime.one("ENV")))
     assert env["LOSSREG_HOST"] == "0.0.0.0"
-    assert runtime.one("EXPOSE") == env["LOSSREG_PORT"]
+    # HTTP and gRPC, where the image's settings put them
+    assert set(runtime.one("EXPOSE").split()) == {env["LOSSREG_PORT"], env["LOSSREG_GRPC_PORT"]}
+    image = Settings(port=env["LOSSREG_PORT"], grpc_port=env["LOSSREG_GRPC_PORT"])
+    assert image.grpc_port not in (0, image.port)  # gRPC on, beside HTTP
     assert env["LOSSREG_DEVICE"] == ("cpu" if name == "cpu" else "auto")
     assert env["PATH"].startswith("/opt/lossreg/bin:")
 
