@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-import numpy as np
 import pydantic
 
 from lossreg.protocol import Buffer
@@ -15,6 +14,7 @@ from lossreg.protocol.v1 import Form, decode_value, encode_value
 
 from .errors import from_validation_error
 from .inference import parse_json
+from .typed_array import TypedArray
 
 __all__ = ["Form", "decode_inputs", "decode_value", "encode_value", "validate_body"]
 
@@ -32,10 +32,10 @@ def validate_body(model: type[M], body: Buffer, what: str) -> M:
 
 def decode_inputs(
     values: Mapping[str, Any],
-) -> tuple[dict[str, tuple[np.ndarray, str]], dict[str, Form]]:
+) -> tuple[dict[str, TypedArray], dict[str, Form]]:
     """Each input as ``(array, KServe datatype)``, and the form it was sent in (answers are
     written back in that form)."""
-    inputs: dict[str, tuple[np.ndarray, str]] = {}
+    inputs: dict[str, TypedArray] = {}
     forms: dict[str, Form] = {}
     for name, value in values.items():
         array, datatype, form = decode_value(name, value)

@@ -21,6 +21,7 @@ from ..engine import Evaluation, dtype_name, evaluate
 from ..engine.batching import evaluate_batch
 from ..registry import Loss
 from .dataplane import to_torch
+from .typed_array import TypedArray
 
 __all__ = ["run_sweep"]
 
@@ -89,7 +90,7 @@ def _not_scalar(loss: Loss, what: str) -> InvalidParameter:
 def run_sweep(
     loss: Loss,
     req: SweepRequest,
-    inputs: Mapping[str, tuple[np.ndarray, str]],
+    inputs: Mapping[str, TypedArray],
     *,
     device: torch.device,
     compute_dtype: torch.dtype | None,

@@ -30,6 +30,7 @@ from ..inference import (
     selected_outputs,
 )
 from ..shm import SHM_BYTE_SIZE, SHM_OFFSET, SHM_REGION, SharedMemoryRegions, write_output
+from ..typed_array import TypedArray
 from .proto import grpc_service_pb2 as pb
 
 M = TypeVar("M", bound=Message)
@@ -164,8 +165,8 @@ def decode_infer_request(
 def encode_infer_response(
     spec: LossSpec,
     decoded: Decoded,
-    loss: tuple[np.ndarray, str],
-    grads: Mapping[str, tuple[np.ndarray, str]],
+    loss: TypedArray,
+    grads: Mapping[str, TypedArray],
     nonfinite: Sequence[str] = (),
 ) -> pb.ModelInferResponse:
     """The answer, every output as raw little-endian bytes in ``raw_output_contents``."""
