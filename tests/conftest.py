@@ -23,7 +23,9 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 async def asgi_client() -> AsyncIterator[httpx.AsyncClient]:
-    """The app in process (httpx's ASGI transport, lifespan run), CPU and default settings."""
+    """The app in process (httpx's ASGI transport, lifespan run), CPU and default settings,
+    for async tests marked ``pytest.mark.anyio``; `tests.support.asgi.app_client` takes other
+    settings."""
     from tests.support.asgi import app_client  # asgi-lifespan: the `test` extra only
 
     async with app_client() as client:
