@@ -5,7 +5,7 @@
 #   --build-arg EXTRA_PACKAGES="my-losses==1.2"   bakes third-party loss plugins in
 # Every install command lives in .ci/container-install.sh; CI runs the same script with --check.
 # The service binds LOSSREG_HOST:LOSSREG_PORT (0.0.0.0:8000); `-e LOSSREG_PORT=9000` moves the server
-# and the HEALTHCHECK together.
+# and the HEALTHCHECK together. gRPC listens on LOSSREG_GRPC_PORT (8001; 0 turns it off).
 
 # Pin CUDA and PyTorch together: TORCH_INDEX_URL must serve TORCH_VERSION built for CUDA_VERSION's
 # major.minor (cu130 <-> 13.0); the torch step fails the build when they disagree.
@@ -36,6 +36,7 @@ ENV PATH=/opt/lossreg/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     LOSSREG_HOST=0.0.0.0 \
     LOSSREG_PORT=8000 \
+    LOSSREG_GRPC_PORT=8001 \
     LOSSREG_DEVICE=cpu
 COPY .ci/container-install.sh /usr/local/bin/lossreg-install
 COPY deploy/docker/healthcheck.py /usr/local/bin/lossreg-healthcheck
@@ -47,7 +48,7 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     lossreg-install app /opt/lossreg /wheels "${EXTRA_PACKAGES}"
 USER 10001
 WORKDIR /home/lossreg
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "/usr/local/bin/lossreg-healthcheck"]
 ENTRYPOINT ["lossreg"]
@@ -66,6 +67,7 @@ ENV PATH=/opt/lossreg/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     LOSSREG_HOST=0.0.0.0 \
     LOSSREG_PORT=8000 \
+    LOSSREG_GRPC_PORT=8001 \
     LOSSREG_DEVICE=auto
 COPY .ci/container-install.sh /usr/local/bin/lossreg-install
 COPY deploy/docker/healthcheck.py /usr/local/bin/lossreg-healthcheck
@@ -76,7 +78,7 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     lossreg-install app /opt/lossreg /wheels "${EXTRA_PACKAGES}"
 USER 10001
 WORKDIR /home/lossreg
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "/usr/local/bin/lossreg-healthcheck"]
 ENTRYPOINT ["lossreg"]

@@ -185,11 +185,11 @@ def eval_(
             raise typer.BadParameter(f"expected NAME=FILE.npy, got {item!r}", param_hint="--tensor")
         files[key] = Path(path)
     inputs = {}
-    for key, path in files.items():
+    for key, file in files.items():
         try:
-            inputs[key] = torch.from_numpy(np.load(path, allow_pickle=False))
+            inputs[key] = torch.from_numpy(np.load(file, allow_pickle=False))
         except (OSError, ValueError) as exc:
-            raise typer.BadParameter(f"{path}: {exc}", param_hint=key) from None
+            raise typer.BadParameter(f"{file}: {exc}", param_hint=key) from None
     params = dict(_parse_param(p) for p in param or [])
     try:
         loss = _registry().get(name)

@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration._server import free_port
-from tests.plugins import make_distribution
+from tests.support.plugins import make_distribution
+from tests.support.server import free_port
 
 CHROMIUM = os.environ.get("LOSSREG_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -7,8 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from lossreg_service.settings import Settings
-
-from ._server import free_port, serve
+from tests.support.server import free_port, serve
 
 
 @pytest.fixture(scope="session")

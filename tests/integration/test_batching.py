@@ -16,8 +16,7 @@ from lossreg import Client
 from lossreg_service.engine import evaluate
 from lossreg_service.registry import LossRegistry
 from lossreg_service.settings import Settings
-
-from ._server import serve
+from tests.support.server import serve
 
 REGISTRY = LossRegistry.from_entry_points()
 

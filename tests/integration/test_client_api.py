@@ -16,9 +16,8 @@ import torch.nn.functional as F
 
 from lossreg import AsyncClient, Client, ComposeTerm, _retry, errors
 from lossreg_service.settings import Settings
-
-from ..loss_cases import CASES, make_case, reference
-from ._server import serve
+from tests.support.loss_cases import CASES, make_case, reference
+from tests.support.server import serve
 
 
 @pytest.fixture(scope="module")

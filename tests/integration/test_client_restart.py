@@ -18,8 +18,7 @@ from torch import nn
 
 from lossreg import Client, RemoteLoss, Retries, _retry, errors
 from lossreg_service.settings import Settings
-
-from . import _server
+from tests.support import server as _server
 
 STEPS = 30
 RESTART_AT = 10

@@ -20,8 +20,7 @@ from lossreg import Client, errors
 from lossreg._transport import HTTPTransport
 from lossreg_service.server import create_app
 from lossreg_service.settings import Settings
-
-from ._server import serve
+from tests.support.server import serve
 
 
 @pytest.fixture(scope="module")

@@ -22,10 +22,9 @@ from torch import nn
 
 from lossreg import Client, RemoteLoss
 from lossreg_service.settings import Settings
+from tests.support.server import serve
 from tests.tutorials import install
 from tests.tutorials.losses import WeightedCrossEntropy
-
-from ._server import serve
 
 with warnings.catch_warnings():  # fastai's imports trip deprecation warnings we do not own
     warnings.simplefilter("ignore")

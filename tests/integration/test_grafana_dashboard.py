@@ -14,8 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from lossreg_service.settings import Settings
-
-from ._server import serve
+from tests.support.server import serve
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboards"
 QUERIES = [

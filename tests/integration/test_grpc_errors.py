@@ -19,9 +19,8 @@ from lossreg_service.server import create_app
 from lossreg_service.server.grpc.proto import grpc_service_pb2 as pb
 from lossreg_service.server.grpc.proto import grpc_service_pb2_grpc as pb_grpc
 from lossreg_service.settings import Settings
-from tests.plugins import make_distribution
-
-from ._server import free_port, serve
+from tests.support.plugins import make_distribution
+from tests.support.server import free_port, serve
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 

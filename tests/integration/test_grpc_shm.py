@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from lossreg_service.settings import Settings
-
-from ._server import free_port, serve
+from tests.support.server import free_port, serve
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 shm = pytest.importorskip("tritonclient.utils.shared_memory")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lossreg.protocol import numpy_dtype
-from tests.loss_cases import grad_names, make_case, reference, zoo_case, zoo_reference
+from tests.support.loss_cases import grad_names, make_case, reference, zoo_case, zoo_reference
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 grpcaio = pytest.importorskip("tritonclient.grpc.aio")

@@ -14,8 +14,7 @@ import pytest
 
 from lossreg_service.server.grpc.proto import grpc_service_pb2 as pb
 from lossreg_service.server.grpc.proto import grpc_service_pb2_grpc as pb_grpc
-
-from ._server import free_port
+from tests.support.server import free_port
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ._cli_server import lossreg_serve, per_worker, scrape, wait_workers_ready
+from tests.support.cli_server import lossreg_serve, per_worker, scrape, wait_workers_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 

@@ -18,9 +18,8 @@ from torch import Tensor
 from lossreg_service.registry import LossRegistry
 from lossreg_service.server.readiness import DEVICE_CHECK_INTERVAL_S
 from lossreg_service.settings import Settings
-
-from ._cli_server import lossreg_serve, wait_workers_ready
-from ._server import free_port, serve
+from tests.support.cli_server import lossreg_serve, wait_workers_ready
+from tests.support.server import free_port, serve
 
 BODY = {"inputs": {"input": [1.0, 3.0], "target": [0.0, 0.0]}}
 V2 = {

@@ -11,8 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from lossreg_service.settings import Settings
-
-from ._server import serve
+from tests.support.server import serve
 
 KEYS = ["alpha-key", "beta-key"]
 EVALUATE = {"inputs": {"input": [1.0, 2.0], "target": [0.0, 0.0]}}

@@ -12,9 +12,8 @@ from torch import Tensor
 
 from lossreg_service.registry import LossRegistry
 from lossreg_service.settings import Settings
-from tests.loss_cases import make_case, reference
-
-from ._server import serve
+from tests.support.loss_cases import make_case, reference
+from tests.support.server import serve
 
 pytestmark = [
     pytest.mark.gpu,

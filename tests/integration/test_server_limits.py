@@ -17,8 +17,7 @@ from torch import Tensor
 from lossreg_service.registry import LossRegistry
 from lossreg_service.server import create_app
 from lossreg_service.settings import Settings
-
-from ._server import serve
+from tests.support.server import serve
 
 CAP = 64 * 1024
 TIMEOUT_S = 2.0

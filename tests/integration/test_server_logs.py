@@ -14,9 +14,8 @@ import pytest
 from lossreg_service.server.logs import JsonFormatter
 from lossreg_service.server.middleware import RequestIdFilter
 from lossreg_service.settings import Settings
-
-from ._cli_server import lossreg_serve
-from ._server import serve
+from tests.support.cli_server import lossreg_serve
+from tests.support.server import serve
 
 
 class _Collect(logging.Handler):

@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from lossreg_service.settings import Settings
-
-from ._server import serve
+from tests.support.server import serve
 
 triton = pytest.importorskip("tritonclient.http")
 shm = pytest.importorskip("tritonclient.utils.shared_memory")

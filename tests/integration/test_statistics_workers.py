@@ -14,8 +14,8 @@ import httpx
 import numpy as np
 import pytest
 
-from ._cli_server import lossreg_serve, per_worker, wait_workers_ready
-from ._server import free_port
+from tests.support.cli_server import lossreg_serve, per_worker, wait_workers_ready
+from tests.support.server import free_port
 
 httpclient = pytest.importorskip("tritonclient.http")
 grpcclient = pytest.importorskip("tritonclient.grpc")

@@ -15,9 +15,8 @@ import torch.nn.functional as F
 
 from lossreg.protocol.sweep import MAX_SWEEP_ELEMENTS, MAX_SWEEP_POINTS
 from lossreg_service.settings import Settings
-from tests.loss_cases import CASES, make_case, reference
-
-from ._server import serve
+from tests.support.loss_cases import CASES, make_case, reference
+from tests.support.server import serve
 
 OFFSETS = [-0.05, -0.02, 0.0, 0.03, 0.05]
 

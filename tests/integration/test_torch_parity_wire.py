@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lossreg import Client
-from tests.loss_cases import FORMS, make_form, reference
+from tests.support.loss_cases import FORMS, make_form, reference
 
 
 @pytest.fixture(scope="module")

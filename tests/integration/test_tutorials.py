@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from lossreg import Client, RemoteLoss, errors
 from lossreg_service.settings import Settings
+from tests.support.server import serve
 from tests.tutorials import install
 from tests.tutorials.losses import (
     ClippedMSE,
@@ -25,8 +26,6 @@ from tests.tutorials.losses import (
     my_loss,
     per_sample_mse,
 )
-
-from ._server import serve
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.loss_cases import make_case, reference
+from tests.support.loss_cases import make_case, reference
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 
 from lossreg_service.settings import Settings
-from tests.plugins import make_distribution
-
-from ._server import serve
+from tests.support.plugins import make_distribution
+from tests.support.server import serve
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
 InferenceServerException = pytest.importorskip("tritonclient.utils").InferenceServerException

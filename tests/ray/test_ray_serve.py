@@ -13,7 +13,7 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from lossreg.errors import LossNotFound
-from tests.integration._server import free_port
+from tests.support.server import free_port
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")

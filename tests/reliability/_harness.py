@@ -22,7 +22,7 @@ from lossreg.protocol import encode_body, encode_tensor
 from lossreg_service.registry import LossRegistry
 from lossreg_service.server import create_app
 from lossreg_service.settings import Settings
-from tests.integration._server import free_port, wait_ready
+from tests.support.server import free_port, wait_ready
 
 RELEASE = threading.Event()
 """Set to let every `hanging_loss` computation end (tests set it when they are done)."""

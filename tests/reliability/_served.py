@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from tests.integration._server import free_port
+from tests.support.server import free_port
 
 __all__ = ["Served", "children", "lossreg_serve", "peak_rss", "raw", "rss"]
 

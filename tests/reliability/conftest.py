@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from lossreg_service.settings import Settings
-from tests.integration._server import serve
+from tests.support.server import serve
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from lossreg.errors import LossRegError
 from lossreg.protocol import (
     DATATYPES,
-    HEADER_LENGTH,
     bf16_to_float,
     decode_tensor,
     encode_body,
@@ -274,10 +273,6 @@ def test_arbitrary_bodies_decode_or_raise_a_typed_error(
     mse_spec: Any, body: bytes, header_length: str | None
 ) -> None:
     typed_or_array(decode_request, mse_spec, bytearray(body), header_length)
-
-
-def test_header_length_header_name_is_the_protocols() -> None:
-    assert HEADER_LENGTH == "Inference-Header-Content-Length"
 
 
 def test_bool_bytes_other_than_0_and_1_are_malformed() -> None:

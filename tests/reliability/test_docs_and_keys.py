@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from lossreg_service.settings import Settings
-from tests.integration._server import serve
+from tests.support.server import serve
 
 GOOD = {"inputs": {"input": [1.0, 2.0], "target": [0.0, 0.0]}}
 

@@ -18,7 +18,7 @@ import torch
 from lossreg.errors import PluginLoadError
 from lossreg_service.server import create_app
 from lossreg_service.settings import Settings
-from tests.plugins import make_distribution
+from tests.support.plugins import make_distribution
 
 from ._harness import RELEASE, FaultSettings, assert_still_serving, running
 

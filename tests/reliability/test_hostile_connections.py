@@ -21,7 +21,7 @@ import uvicorn
 
 from lossreg_service.server import create_app
 from lossreg_service.server.protocol import uvicorn_options
-from tests.integration._server import free_port
+from tests.support.server import free_port
 
 from ._harness import RELEASE, FaultSettings, binary_body
 from ._served import Served, lossreg_serve, peak_rss, raw, rss

@@ -1,6 +1,6 @@
 """Security: nothing a client sends is unpickled or executed, API keys guard every compute and
 catalog route (found by walking the route table, so a new route cannot slip through), and every
-limit has a safe default (the README's limits table is this file's `LIMITS`)."""
+limit has the safe default the README's tables state (read from README.md)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import io
 import json
 import os
 import pickle
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,11 @@ from starlette.routing import Route
 
 import lossreg
 import lossreg_service
-from lossreg.protocol.tensors import MAX_DIMS, MAX_ELEMENTS
+from lossreg.errors import InvalidTensor
+from lossreg.protocol.tensors import check_shape
 from lossreg_service.server import create_app
 from lossreg_service.settings import Settings
+from tests.support.readme import documented_defaults, parse_default, tables
 
 from ._harness import X, Y, assert_still_serving, binary_body, running
 
@@ -231,37 +234,40 @@ def test_every_route_outside_the_open_list_needs_a_valid_key(
 # -- limits ------------------------------------------------------------------------------------
 
 MIB = 1024 * 1024
-LIMITS: dict[str, tuple[Any, Any, str]] = {
-    # setting: (default, the most a safe default may be, what it bounds)
-    "max_request_bytes": (256 * MIB, 1024 * MIB, "request body, after decompression (413)"),
-    "compute_threads": (2, 8, "computations at once per device"),
-    "max_queue": (64, 1024, "requests waiting per device before 503 + Retry-After"),
-    "compute_timeout_s": (60.0, 600.0, "queue wait + compute before 504"),
-    "retry_after_s": (1.0, 60.0, "Retry-After sent with 503"),
-    "workers": (1, 1, "uvicorn worker processes"),
-    "compress_min_bytes": (1024, 1 * MIB, "smallest response compressed on request"),
-    "batch_max_size": (64, 1024, "requests in one dynamic batch"),
-    "batch_max_delay_us": (0, 100_000, "wait for a batch to fill (0: none)"),
-    "batch_max_bytes": (64 * 1024, 1 * MIB, "largest request body that is batched"),
-    "intra_op_threads": (0, 64, "torch threads per computation (0: cores / computations)"),
-    "max_header_bytes": (64 * 1024, 1 * MIB, "request line + headers (431)"),
-    "max_headers": (100, 1000, "header fields per request (431)"),
-    "client_header_timeout_s": (60.0, 120.0, "time to send a request head, then closed"),
-    "client_body_timeout_s": (60.0, 120.0, "pause between body reads, then closed"),
-    "keep_alive_timeout_s": (5.0, 120.0, "idle keep-alive, then closed"),
-    "max_connections": (0, 0, "open connections per worker (0: descriptor limit - 128)"),
-    "max_body_bytes_in_flight": (0, 0, "body bytes received or held (0: memory / 4 / workers)"),
-    "client_body_min_rate": (64 * 1024, 1 * MIB, "bytes/s under which an upload gives way"),
+LIMITS: dict[str, tuple[Any, str]] = {
+    # setting: (the most a safe default may be, what it bounds); the defaults are the README's
+    "max_request_bytes": (1024 * MIB, "request body, after decompression (413)"),
+    "compute_threads": (8, "computations at once per device"),
+    "max_queue": (1024, "requests waiting per device before 503 + Retry-After"),
+    "compute_timeout_s": (600.0, "queue wait + compute before 504"),
+    "retry_after_s": (60.0, "Retry-After sent with 503"),
+    "workers": (1, "uvicorn worker processes"),
+    "compress_min_bytes": (1 * MIB, "smallest response compressed on request"),
+    "batch_max_size": (1024, "requests in one dynamic batch"),
+    "batch_max_delay_us": (100_000, "wait for a batch to fill (0: none)"),
+    "batch_max_bytes": (1 * MIB, "largest request body that is batched"),
+    "intra_op_threads": (64, "torch threads per computation (0: cores / computations)"),
+    "max_header_bytes": (1 * MIB, "request line + headers (431)"),
+    "max_headers": (1000, "header fields per request (431)"),
+    "client_header_timeout_s": (120.0, "time to send a request head, then closed"),
+    "client_body_timeout_s": (120.0, "pause between body reads, then closed"),
+    "keep_alive_timeout_s": (120.0, "idle keep-alive, then closed"),
+    "max_connections": (0, "open connections per worker (0: descriptor limit - 128)"),
+    "max_body_bytes_in_flight": (0, "body bytes received or held (0: memory / 4 / workers)"),
+    "client_body_min_rate": (1 * MIB, "bytes/s under which an upload gives way"),
 }
 LIMIT_WORDS = ("max_", "timeout", "_bytes", "threads", "queue", "workers", "retry")
 
 
 def test_every_limit_has_a_documented_safe_default() -> None:
     defaults = Settings()
-    for name, (documented, ceiling, _) in LIMITS.items():
+    readme = documented_defaults()
+    for name, (ceiling, _) in LIMITS.items():
         value = getattr(defaults, name)
-        assert value == documented, f"{name}: default {value}, the README says {documented}"
-        low = 0 if documented == 0 else 1  # a documented 0 means "none" or "automatic"
+        documented = readme.get(f"LOSSREG_{name.upper()}")
+        assert documented, f"{name}: the README's tables do not give its default"
+        assert all(d == value for d in documented), f"{name}: {value}, the README says {documented}"
+        low = 0 if value == 0 else 1  # a documented 0 means "none" or "automatic"
         assert low <= value <= ceiling, f"{name}: default {value} is not a safe limit"
     undocumented = [
         name
@@ -275,7 +281,28 @@ def test_safe_behaviour_defaults() -> None:
     defaults = Settings()
     assert defaults.host == "127.0.0.1"  # nothing listens beyond the machine unless asked
     assert defaults.nonfinite == "reject"  # NaN never flows back silently
-    assert MAX_DIMS == 32 and MAX_ELEMENTS == 2**24
+
+
+def _fixed_limit(words: str) -> int:
+    """The README limits table's value for the fixed limit whose row starts with ``words``."""
+    rows = [row for table in tables() for row in table if row[0].startswith(words)]
+    assert len(rows) == 1, f"the README's limits table has one row for {words!r}"
+    value = rows[0][2].replace("`", "")
+    power = re.fullmatch(r"2\*\*(\d+)", value)
+    return 2 ** int(power.group(1)) if power else parse_default(value)
+
+
+def test_shape_limits_are_the_readme_s() -> None:
+    """A tensor may declare the README's rank and no more; an empty tensor's other sizes may
+    multiply to the README's bound and no more (each refusal names the tensor)."""
+    rank = _fixed_limit("tensor rank")
+    elements = _fixed_limit("an empty tensor's other sizes")
+    assert check_shape("x", [1] * rank) == (1,) * rank
+    assert check_shape("x", [elements, 0]) == (elements, 0)
+    for shape in ([1] * (rank + 1), [elements + 1, 0], [elements, 2, 0]):
+        with pytest.raises(InvalidTensor) as excinfo:
+            check_shape("x", shape)
+        assert excinfo.value.field == "x"
 
 
 def test_a_small_cap_is_enforced_on_every_compute_route(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.plugins import make_distribution
+from tests.support.plugins import make_distribution
 
 DISTRIBUTION = "lossreg-tutorial-losses"
 

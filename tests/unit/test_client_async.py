@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from lossreg import AsyncClient, Client, _retry, errors
-
-from ._client_fakes import FakeServer
+from tests.support.client_fakes import FakeServer
 
 pytestmark = pytest.mark.anyio
 

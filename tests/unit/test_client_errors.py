@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from lossreg import Client, errors
-
-from ._client_fakes import FakeServer
+from tests.support.client_fakes import FakeServer
 
 
 def _leaf_classes(cls: type[errors.LossRegError]) -> list[type[errors.LossRegError]]:

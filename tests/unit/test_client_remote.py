@@ -15,8 +15,7 @@ import torch.nn.functional as F
 
 from lossreg import Client, RemoteLoss, errors
 from lossreg.protocol import HEADER_LENGTH, split_body
-
-from ._client_fakes import FakeServer
+from tests.support.client_fakes import FakeServer
 
 
 @pytest.fixture

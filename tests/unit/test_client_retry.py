@@ -11,8 +11,7 @@ import pytest
 
 from lossreg import Client, Retries, _retry, errors
 from lossreg._retry import RetryState, is_retryable, parse_retry_after
-
-from ._client_fakes import FakeServer
+from tests.support.client_fakes import FakeServer
 
 
 @pytest.fixture

@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 from lossreg import Client, errors
 from lossreg.protocol.checks import check_shapes
 from lossreg_service.server.catalog import spec_response
-
-from ._client_fakes import FakeServer, registry
+from tests.support.client_fakes import FakeServer, registry
 
 X = torch.randn(4, 3)
 Y = torch.tensor([0, 2, 1, 1])

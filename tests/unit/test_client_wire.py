@@ -14,8 +14,7 @@ from lossreg import Client, EvaluateResult
 from lossreg._arrays import to_wire
 from lossreg._wire import infer_body, new_buffer
 from lossreg.protocol import HEADER_LENGTH, slice_binary_data, split_body
-
-from ._client_fakes import FakeServer
+from tests.support.client_fakes import FakeServer
 
 
 @pytest.fixture

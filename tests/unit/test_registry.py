@@ -11,7 +11,7 @@ import torch
 from lossreg.errors import AmbiguousLoss, LossNotFound, LossUnavailable, PluginLoadError
 from lossreg_service.engine import evaluate
 from lossreg_service.registry import LossRegistry
-from tests.plugins import make_distribution
+from tests.support.plugins import make_distribution
 
 TORCH_LOSSES = {
     "l1_loss", "mse_loss", "cross_entropy", "nll_loss", "binary_cross_entropy",

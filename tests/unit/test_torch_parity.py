@@ -9,7 +9,7 @@ import torch
 
 from lossreg_service.engine import evaluate
 from lossreg_service.registry import LossRegistry
-from tests.loss_cases import FORMS, grad_names, make_form, reference
+from tests.support.loss_cases import FORMS, grad_names, make_form, reference
 
 REGISTRY = LossRegistry.from_entry_points(autoload=False)
 

@@ -24,8 +24,8 @@ from lossreg_service.engine import evaluate
 from lossreg_service.losses import zoo
 from lossreg_service.registry import LossRegistry
 from lossreg_service.settings import Settings
-from tests.integration._server import serve
-from tests.loss_cases import zoo_case as _case
+from tests.support.loss_cases import zoo_case as _case
+from tests.support.server import serve
 
 ZOO = sorted(zoo.__all__)
 

@@ -155,7 +155,9 @@ def _vmapped(
     upstreams = [items[i][1] for i in live]
     has_upstream = first_upstream is not None
 
-    def one(diff: tuple[torch.Tensor, ...], rest: tuple[torch.Tensor, ...], *up: torch.Tensor):
+    def one(
+        diff: tuple[torch.Tensor, ...], rest: tuple[torch.Tensor, ...], *up: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         fixed = dict(zip(others, rest))
 
         def value(*x: torch.Tensor) -> torch.Tensor:
@@ -163,7 +165,7 @@ def _vmapped(
 
         if not names:
             return value(), ()
-        out, vjp = torch.func.vjp(value, *diff)
+        out, vjp = torch.func.vjp(value, *diff)  # type: ignore[misc]  # has_aux's 3-tuple is off
         if not up and out.dim() != 0:  # one by one refuses it with the reason, per request
             raise ValueError("a non-scalar loss needs grad_loss")
         cotangent = up[0].to(out.dtype) if up else torch.ones_like(out)

@@ -120,7 +120,8 @@ _CLASS_WEIGHT = {"weight": {"doc": "per-class rescaling weight of shape [C]", "s
 def l1_loss(
     input: Tensor, target: Tensor, weight: Tensor | None = None, *, reduction: Reduction = "mean"
 ) -> Tensor:
-    return F.l1_loss(input, target, reduction=reduction, weight=weight)
+    # torch's functional.pyi lacks `weight` (functional.py has had it since 2.6)
+    return F.l1_loss(input, target, reduction=reduction, weight=weight)  # type: ignore[call-arg]
 
 
 @loss(
@@ -132,7 +133,8 @@ def l1_loss(
 def mse_loss(
     input: Tensor, target: Tensor, weight: Tensor | None = None, *, reduction: Reduction = "mean"
 ) -> Tensor:
-    return F.mse_loss(input, target, reduction=reduction, weight=weight)
+    # torch's functional.pyi lacks `weight` (functional.py has had it since 2.6)
+    return F.mse_loss(input, target, reduction=reduction, weight=weight)  # type: ignore[call-arg]
 
 
 @loss(
@@ -260,7 +262,10 @@ def huber_loss(
     reduction: Reduction = "mean",
     delta: Positive = 1.0,
 ) -> Tensor:
-    return F.huber_loss(input, target, reduction=reduction, delta=delta, weight=weight)
+    # torch's functional.pyi lacks `weight` (functional.py has had it since 2.6)
+    return F.huber_loss(  # type: ignore[call-arg]
+        input, target, reduction=reduction, delta=delta, weight=weight
+    )
 
 
 @loss(

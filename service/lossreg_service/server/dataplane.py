@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from lossreg.errors import ComputeError, InvalidTensor
+from lossreg.protocol import TypedArray
 from lossreg.protocol.torch_bridge import array_to_tensor, tensor_to_array
 
 from ..engine import Evaluation, Term, dtype_name, evaluate_terms
@@ -33,7 +34,7 @@ def to_torch(array: np.ndarray, datatype: str) -> torch.Tensor:
     return tensor
 
 
-def to_numpy(tensor: torch.Tensor) -> tuple[np.ndarray, str]:
+def to_numpy(tensor: torch.Tensor) -> TypedArray:
     """A CPU array and its KServe datatype (bfloat16 as ``uint16`` words)."""
     try:
         return tensor_to_array(tensor)
@@ -49,9 +50,9 @@ class Computation:
     """One evaluation to run on a worker: terms, decoded inputs, which gradients."""
 
     terms: Sequence[Term]
-    inputs: Mapping[str, tuple[np.ndarray, str]]  # name -> (array, KServe datatype)
+    inputs: Mapping[str, TypedArray]  # name -> (array, KServe datatype)
     grad: Sequence[str] | None = None
-    grad_loss: tuple[np.ndarray, str] | None = None
+    grad_loss: TypedArray | None = None
     compute_dtype: torch.dtype | None = None
     nonfinite: str = "allow"  # "reject": NaN/Inf inputs or results are a 422
 
@@ -60,8 +61,8 @@ class Computation:
 class Result:
     """The evaluation, back as arrays: ``loss``, ``grads`` and per-term values."""
 
-    loss: tuple[np.ndarray, str]
-    grads: dict[str, tuple[np.ndarray, str]]
+    loss: TypedArray
+    grads: dict[str, TypedArray]
     terms: dict[str, float]
     nonfinite: tuple[str, ...] = ()  # outputs holding NaN/Inf ("loss", "grad_<input>")
     compute_ns: int = 0  # evaluating it (for a batch: the whole batch), for the statistics

@@ -56,15 +56,15 @@ async def get_registry(request: Request) -> LossRegistry:
 
 
 async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return request.app.state.settings
 
 
 async def get_executor(request: Request) -> ComputeExecutor:
-    return request.app.state.executor  # type: ignore[no-any-return]
+    return request.app.state.executor
 
 
 async def get_metrics(request: Request) -> Metrics:
-    return request.app.state.metrics  # type: ignore[no-any-return]
+    return request.app.state.metrics
 
 
 RegistryDep = Annotated[LossRegistry, Depends(get_registry)]

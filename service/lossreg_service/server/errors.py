@@ -10,6 +10,7 @@ errors (404/405) get the same body shape. Anything unexpected is answered by
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -40,7 +41,7 @@ __all__ = [
 
 
 def error_response(
-    status_code: int, body: dict[str, Any], headers: dict[str, str] | None = None
+    status_code: int, body: dict[str, Any], headers: Mapping[str, str] | None = None
 ) -> Response:
     """A JSON error response (orjson, like every other body)."""
     return Response(

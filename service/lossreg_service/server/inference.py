@@ -27,6 +27,7 @@ from lossreg.protocol import (
     RESERVED_PARAMETERS,
     Buffer,
     InferRequest,
+    TypedArray,
     binary_data_size,
     decode_tensor,
     encode_tensor,
@@ -72,8 +73,8 @@ class Decoded:
     """A decoded inference request."""
 
     request_id: str | None
-    inputs: dict[str, tuple[np.ndarray, str]]
-    grad_loss: tuple[np.ndarray, str] | None
+    inputs: dict[str, TypedArray]
+    grad_loss: TypedArray | None
     params: dict[str, Any]
     plan: OutputPlan
     nonfinite: str | None = None  # the request's choice; None: the server's default
@@ -194,7 +195,7 @@ def decode_entries(
     """
     names = {t.name for t in spec.inputs + spec.tensor_params}
     takes_grad_loss = GRAD_LOSS not in names
-    inputs: dict[str, tuple[np.ndarray, str]] = {}
+    inputs: dict[str, TypedArray] = {}
     grad_loss = None
     for entry in entries:
         name = entry["name"]
@@ -253,9 +254,9 @@ def _shm_output(
 
 def selected_outputs(
     decoded: Decoded,
-    loss: tuple[np.ndarray, str],
-    grads: Mapping[str, tuple[np.ndarray, str]],
-) -> list[tuple[np.ndarray, str]]:
+    loss: TypedArray,
+    grads: Mapping[str, TypedArray],
+) -> list[TypedArray]:
     """The arrays (and datatypes) of the planned outputs, in the plan's order."""
     return [loss if name == LOSS else grads[input_of(name)] for name, _ in decoded.plan.outputs]
 
@@ -269,8 +270,8 @@ def flagged_outputs(decoded: Decoded, nonfinite: Sequence[str]) -> list[str]:
 def encode_response(
     spec: LossSpec,
     decoded: Decoded,
-    loss: tuple[np.ndarray, str],
-    grads: Mapping[str, tuple[np.ndarray, str]],
+    loss: TypedArray,
+    grads: Mapping[str, TypedArray],
     nonfinite: Sequence[str] = (),
 ) -> tuple[list[Buffer], int | None]:
     """The response chunks (JSON header, then binary outputs in order) and the header length

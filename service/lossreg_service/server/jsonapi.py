@@ -7,10 +7,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-import numpy as np
 import pydantic
 
-from lossreg.protocol import Buffer
+from lossreg.protocol import Buffer, TypedArray
 from lossreg.protocol.v1 import Form, decode_value, encode_value
 
 from .errors import from_validation_error
@@ -32,10 +31,10 @@ def validate_body(model: type[M], body: Buffer, what: str) -> M:
 
 def decode_inputs(
     values: Mapping[str, Any],
-) -> tuple[dict[str, tuple[np.ndarray, str]], dict[str, Form]]:
+) -> tuple[dict[str, TypedArray], dict[str, Form]]:
     """Each input as ``(array, KServe datatype)``, and the form it was sent in (answers are
     written back in that form)."""
-    inputs: dict[str, tuple[np.ndarray, str]] = {}
+    inputs: dict[str, TypedArray] = {}
     forms: dict[str, Form] = {}
     for name, value in values.items():
         array, datatype, form = decode_value(name, value)

@@ -228,7 +228,7 @@ async def resolve_loss(request: Request, name: str) -> Loss:
 
 def dataplane(app: Any) -> DataPlane:
     """The app's `DataPlane` (built in the lifespan)."""
-    return app.state.dataplane  # type: ignore[no-any-return]
+    return app.state.dataplane
 
 
 async def run_inference(request: Request, loss: Loss) -> Response:

@@ -92,7 +92,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._timer: Any = None
 
     # -- connection life ---------------------------------------------------------------------
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         if len(self.connections) >= self._limits.max_connections and not self._make_room():
             super().connection_made(transport)
             self._refuse(503, "too many open connections; retry later")

@@ -240,7 +240,7 @@ def write_output(name: str, array: Any, window: memoryview) -> int:
     Raises:
         InvalidTensor: the window is smaller than the output.
     """
-    raw = memoryview(np.ascontiguousarray(array)).cast("B")
+    raw = np.ascontiguousarray(array).data.cast("B")
     if raw.nbytes > window.nbytes:
         raise InvalidTensor(
             f"output {name!r} needs {raw.nbytes} bytes but its shared memory window has "

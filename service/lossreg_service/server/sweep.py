@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from lossreg.errors import InvalidInput, InvalidParameter, LossRegError, NonFiniteValue
+from lossreg.protocol import TypedArray
 from lossreg.protocol.sweep import MAX_SWEEP_ELEMENTS, SweepRequest
 
 from ..engine import Evaluation, dtype_name, evaluate
@@ -89,7 +90,7 @@ def _not_scalar(loss: Loss, what: str) -> InvalidParameter:
 def run_sweep(
     loss: Loss,
     req: SweepRequest,
-    inputs: Mapping[str, tuple[np.ndarray, str]],
+    inputs: Mapping[str, TypedArray],
     *,
     device: torch.device,
     compute_dtype: torch.dtype | None,

@@ -148,7 +148,7 @@ def build_app(
         settings.setdefault("device", "cpu")
     checked = _settings(settings)  # a bad setting fails here, not in every replica
     ongoing = max(checked.batch_max_size, checked.compute_threads + checked.max_queue)
-    deployment = LossregDeployment.options(
+    deployment = LossregDeployment.options(  # type: ignore[attr-defined]  # a Deployment
         num_replicas=num_replicas,
         max_ongoing_requests=ongoing,
         ray_actor_options={"num_gpus": num_gpus, "num_cpus": num_cpus},

@@ -220,11 +220,11 @@ def flatten(
     outside = (mask != 0) & (mask != 1) if hard else (mask < 0) | (mask > 1)
     bad = valid & outside
     if bool(bad.any()):
-        value = float(mask[bad][0])
+        found = float(mask[bad][0])
         allowed = "0 or 1" if hard else "values in [0, 1]"
         also = f" (or ignore_index, {ignore_index})" if ignore_index is not None else ""
         raise InvalidInput(
-            f"{mode} mode: the target mask must hold {allowed}{also}; found {value:g}",
+            f"{mode} mode: the target mask must hold {allowed}{also}; found {found:g}",
             field="target",
         )
     return Flat(x, mask.masked_fill(~valid, 0), valid, mode, spatial)

@@ -8,7 +8,7 @@ over the batch with ``batch=True``). Their formulas follow MONAI's ``DiceLoss`` 
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field
 from torch import Tensor
@@ -36,7 +36,7 @@ from ._common import (
     spatial_sums,
 )
 
-_DECLARATION = {
+_DECLARATION: dict[str, Any] = {
     "tags": ["segmentation"],
     "inputs": {"input": INPUT, "target": MODE_TARGET},
     "tensor_params": {"weight": CLASS_WEIGHT},

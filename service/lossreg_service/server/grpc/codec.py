@@ -10,7 +10,7 @@ reads. The extensions' answers are the REST pydantic models copied into their me
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pydantic
@@ -18,7 +18,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from lossreg.errors import InvalidRequest, InvalidTensor
-from lossreg.protocol import InferRequest
+from lossreg.protocol import InferRequest, TypedArray
 
 from ...registry import LossSpec
 from ..errors import from_validation_error
@@ -31,6 +31,8 @@ from ..inference import (
 )
 from ..shm import SHM_BYTE_SIZE, SHM_OFFSET, SHM_REGION, SharedMemoryRegions, write_output
 from .proto import grpc_service_pb2 as pb
+
+M = TypeVar("M", bound=Message)
 
 __all__ = ["decode_infer_request", "encode_infer_response", "from_parameters", "to_message"]
 
@@ -162,8 +164,8 @@ def decode_infer_request(
 def encode_infer_response(
     spec: LossSpec,
     decoded: Decoded,
-    loss: tuple[np.ndarray, str],
-    grads: Mapping[str, tuple[np.ndarray, str]],
+    loss: TypedArray,
+    grads: Mapping[str, TypedArray],
     nonfinite: Sequence[str] = (),
 ) -> pb.ModelInferResponse:
     """The answer, every output as raw little-endian bytes in ``raw_output_contents``."""
@@ -193,7 +195,7 @@ def encode_infer_response(
     return response
 
 
-def to_message(model: pydantic.BaseModel | Mapping[str, Any], message: Message) -> Message:
+def to_message(model: pydantic.BaseModel | Mapping[str, Any], message: M) -> M:
     """Copy a REST answer (pydantic model or dict) into its gRPC message (same field names)."""
     data = model.model_dump(exclude_none=True) if isinstance(model, pydantic.BaseModel) else model
-    return json_format.ParseDict(data, message, ignore_unknown_fields=True)
+    return json_format.ParseDict(dict(data), message, ignore_unknown_fields=True)

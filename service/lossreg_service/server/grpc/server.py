@@ -28,7 +28,7 @@ log = logging.getLogger("lossreg.server")
 _MAX_MESSAGE = 2**31 - 1  # gRPC's own limit on a message
 
 
-class _ReadinessHealth(health.aio.HealthServicer):  # type: ignore[misc]
+class _ReadinessHealth(health.aio.HealthServicer):
     """``Check`` reads the app's readiness at each call, as ``/v2/health/ready`` does."""
 
     def __init__(self, readiness: Any) -> None:

@@ -12,6 +12,7 @@ task, which takes its request out of the queue or batch.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import re
@@ -74,7 +75,7 @@ def grpc_status(error: LossRegError) -> grpc.StatusCode:
     return STATUS.get(error.status_code, grpc.StatusCode.INTERNAL)
 
 
-def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
+def _metadata(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str | None:
     for k, v in context.invocation_metadata() or ():
         if k == key:
             return v if isinstance(v, str) else v.decode("latin-1")
@@ -84,15 +85,17 @@ def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
 class _Call:
     """One RPC's bookkeeping: request id, API key, metrics, access log, error -> status."""
 
-    def __init__(self, service: InferenceService, context: grpc.aio.ServicerContext, rpc: str):
+    def __init__(
+        self, service: InferenceService, context: grpc.aio.ServicerContext[Any, Any], rpc: str
+    ) -> None:
         self.service = service
         self.context = context
         self.rpc = rpc
         self.loss: str | None = None
         self.compute = False
         sent = _metadata(context, "x-request-id")
-        self.request_id = sent.strip() if sent and _SANE_ID.match(sent.strip()) else None
-        self.request_id = self.request_id or new_request_id()  # as REST's: process prefix
+        sane = sent.strip() if sent and _SANE_ID.match(sent.strip()) else None
+        self.request_id = sane or new_request_id()  # as REST's: process prefix
 
     def authorize(self) -> None:
         keys: list[str] = self.service.state.settings.api_keys
@@ -199,7 +202,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     @property
     def plane(self) -> DataPlane:
-        return self.state.dataplane  # type: ignore[no-any-return]
+        return self.state.dataplane
 
     # -- health and metadata (open, as over REST) ----------------------------------------------
 
@@ -243,15 +246,14 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(self, request: Any, context: Any) -> pb.ModelMetadataResponse:
         async def answer() -> pb.ModelMetadataResponse:
             metadata = model_metadata(await self._spec(request.name, request.version))
-            return to_message(metadata, pb.ModelMetadataResponse())  # type: ignore[return-value]
+            return to_message(metadata, pb.ModelMetadataResponse())
 
         return await _Call(self, context, "ModelMetadata").run(answer)
 
     async def ModelConfig(self, request: Any, context: Any) -> pb.ModelConfigResponse:
         async def answer() -> pb.ModelConfigResponse:
-            config = model_config(
-                await self._spec(request.name, request.version), self.state.settings
-            )
+            spec = await self._spec(request.name, request.version)
+            config = model_config(spec, self.state.settings)
             response = pb.ModelConfigResponse()
             to_message(config, response.config)
             return response
@@ -263,14 +265,14 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             stats = model_statistics(
                 await self.registry(), self.state.statistics, request.name, request.version
             )
-            return to_message(stats, pb.ModelStatisticsResponse())  # type: ignore[return-value]
+            return to_message(stats, pb.ModelStatisticsResponse())
 
         return await _Call(self, context, "ModelStatistics").run(answer)
 
     async def RepositoryIndex(self, request: Any, context: Any) -> pb.RepositoryIndexResponse:
         async def answer() -> pb.RepositoryIndexResponse:
             models = repository_index(await self.registry(), ready=request.ready)
-            return to_message(  # type: ignore[return-value]
+            return to_message(
                 {"models": [m.model_dump() for m in models]}, pb.RepositoryIndexResponse()
             )
 
@@ -324,7 +326,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             one = _Call(self, context, "ModelStreamInfer")
             try:
                 response = await one.run(
-                    lambda r=request, c=one: self._infer(c, r), protected=False, abort=False
+                    functools.partial(self._infer, one, request), protected=False, abort=False
                 )
             except LossRegError as exc:
                 yield pb.ModelStreamInferResponse(error_message=exc.message)

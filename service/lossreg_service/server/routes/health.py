@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
@@ -27,7 +29,7 @@ async def live() -> ServerLiveResponse:
     return ServerLiveResponse(live=True)
 
 
-_NOT_READY = {
+_NOT_READY: dict[int | str, dict[str, Any]] = {
     503: {
         "description": 'Not ready: `{"ready": false, "reasons": [...]}` (the registry is '
         "loading, a configured device is unusable, or the server is shutting down)"

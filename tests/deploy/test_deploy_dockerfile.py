@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lossreg_service.settings import Settings
+
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
 INSTALL_SCRIPT = REPO / ".ci" / "container-install.sh"
@@ -198,7 +200,10 @@ def test_runtime_stage_runs_lossreg_serve_as_a_non_root_user(name: str) -> None:
     assert json.loads(runtime.one("CMD")) == ["serve"]
     env = dict(re.findall(r"(\w+)=(\S+)", runtime.one("ENV")))
     assert env["LOSSREG_HOST"] == "0.0.0.0"
-    assert runtime.one("EXPOSE") == env["LOSSREG_PORT"]
+    # HTTP and gRPC, where the image's settings put them
+    assert set(runtime.one("EXPOSE").split()) == {env["LOSSREG_PORT"], env["LOSSREG_GRPC_PORT"]}
+    image = Settings(port=env["LOSSREG_PORT"], grpc_port=env["LOSSREG_GRPC_PORT"])
+    assert image.grpc_port not in (0, image.port)  # gRPC on, beside HTTP
     assert env["LOSSREG_DEVICE"] == ("cpu" if name == "cpu" else "auto")
     assert env["PATH"].startswith("/opt/lossreg/bin:")
 
@@ -217,19 +222,74 @@ def test_runtime_stage_health_check_probes_readiness(name: str) -> None:
 def test_runtime_stage_installs_torch_first_then_the_wheel_and_extra_packages(name: str) -> None:
     runtime = stage(name)
     commands = [cmd for run in runtime.all("RUN") for cmd in run_commands(run)]
-    steps = [cmd[1] for cmd in commands]
-    assert steps == ["system", "torch", "app"]
-    torch_step, app_step = commands[1], commands[2]
-    index_arg = "${TORCH_INDEX_URL}" if name == "gpu" else "${TORCH_CPU_INDEX_URL}"
-    assert torch_step[2:5] == ["/opt/lossreg", "${TORCH_VERSION}", index_arg]
-    # Only the CUDA image asks the torch step to check the build against CUDA_VERSION.
-    assert torch_step[5:] == (["${CUDA_VERSION}"] if name == "gpu" else [])
-    assert app_step[2:] == ["/opt/lossreg", "/wheels", "${EXTRA_PACKAGES}"]
+    assert [cmd[1] for cmd in commands] == ["system", "torch", "app"]
     app_run = runtime.all("RUN")[-1]
     assert "--mount=type=bind,from=build,source=/wheels,target=/wheels" in app_run
     # EXTRA_PACKAGES is declared after the torch layer, so new plugins keep torch cached.
     keywords = [(kw, args) for kw, args in runtime.instructions if kw in ("ARG", "RUN")]
     assert keywords.index(("ARG", 'EXTRA_PACKAGES=""')) == len(keywords) - 2
+
+
+def build_environment(runtime: Stage) -> dict[str, str]:
+    """What a RUN step of ``runtime`` sees: the stage's ARGs (their global defaults, or the
+    stage's own) and its ENV, as ``docker build`` with no --build-arg sets them."""
+    defaults = global_args(read_instructions())
+    env: dict[str, str] = {}
+    for keyword, args in runtime.instructions:
+        if keyword == "ARG":
+            name, sep, default = args.partition("=")
+            env[name] = default.strip('"') if sep else defaults.get(name, "")
+        elif keyword == "ENV":
+            env.update(re.findall(r"(\w+)=(\S+)", args))
+    return env
+
+
+def run_step(runtime: Stage, step: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """Run the stage's ``lossreg-install <step> ...`` command as the build's shell would (its
+    ${ARGS} expanded from the build environment), with the install script on PATH as
+    `lossreg-install` and the image's /opt/lossreg and /wheels under ``tmp_path``."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    if not (bin_dir / SCRIPT_IN_IMAGE).exists():
+        (bin_dir / SCRIPT_IN_IMAGE).symlink_to(INSTALL_SCRIPT)
+    (words,) = [c for run in runtime.all("RUN") for c in run_commands(run) if c[1] == step]
+    places = {"/opt/lossreg": str(tmp_path / "venv"), "/wheels": str(tmp_path / "wheels")}
+    command = " ".join(f'"{places.get(w, w)}"' for w in words)  # "${X}" expands, as in RUN
+    env = {**build_environment(runtime), "PIP_RETRIES": "0", "PIP_TIMEOUT": "10"}
+    env["PATH"] = f"{bin_dir}:{sysconfig.get_path('scripts')}:/usr/bin:/bin"
+    return subprocess.run(
+        ["bash", "-c", command], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.parametrize("name", ["cpu", "gpu"])
+def test_runtime_stage_install_steps_do_what_the_image_needs(
+    name: str, venv_with_this_torch: Path, tmp_path: Path
+) -> None:
+    """The stage's torch and app RUN steps, run with the Dockerfile's build args: the CPU image
+    installs and pins the CPU torch of TORCH_VERSION; the CUDA image refuses that CPU build
+    (it checks CUDA_VERSION); the app step installs from the wheel the build stage mounts."""
+    import torch
+
+    runtime = stage(name)
+    if torch.version.cuda is not None:
+        pytest.skip("this check expects the CPU build of torch that CI installs")
+    if torch.__version__.split("+")[0] != build_environment(runtime)["TORCH_VERSION"]:
+        pytest.skip("the installed torch is not the Dockerfile's TORCH_VERSION")
+    venv_with_this_torch.rename(tmp_path / "venv")  # the image's /opt/lossreg
+    (tmp_path / "wheels").mkdir()
+    torch_step = run_step(runtime, "torch", tmp_path)  # (`system` needs root: not run here)
+    if name == "cpu":
+        assert torch_step.returncode == 0, torch_step.stdout + torch_step.stderr
+        pinned = (tmp_path / "venv" / "constraints.txt").read_text().strip()
+        assert pinned == f"torch=={torch.__version__}"
+    else:
+        cuda = build_environment(runtime)["CUDA_VERSION"]
+        assert torch_step.returncode != 0
+        assert f"torch built for CUDA {cuda} wanted, got a CPU build" in torch_step.stderr
+    app_step = run_step(runtime, "app", tmp_path)  # no wheel mounted: it says where it looked
+    assert app_step.returncode == 1
+    assert f"app: no lossreg wheel in {tmp_path / 'wheels'}" in app_step.stderr
 
 
 def test_every_run_step_calls_the_install_script_ci_runs() -> None:

@@ -20,7 +20,14 @@ from lossreg_service.settings import Settings
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 SCHEMA_FILE = REPO / ".." / "shared" / "compose-spec.json"
-CONTAINER_PORT = 8000
+
+
+def image_env(target: str) -> dict[str, str]:
+    """The ``LOSSREG_*`` ENV of the Dockerfile stage ``target`` (where the image listens)."""
+    text = (REPO / "Dockerfile").read_text()
+    stage = re.split(r"^FROM \S+ AS ", text, flags=re.MULTILINE)
+    (body,) = [part for part in stage if part.startswith(f"{target}\n")]
+    return dict(re.findall(r"(LOSSREG_\w+)=(\S+)", body))
 
 
 def compose() -> dict[str, Any]:
@@ -117,7 +124,15 @@ def test_lossreg_services_are_built_from_the_dockerfile_with_health_and_restart(
     assert service["build"]["target"] in stages
     assert service["build"]["args"] == {"EXTRA_PACKAGES": "${EXTRA_PACKAGES:-}"}
     assert service["restart"] == "unless-stopped"
-    assert service["ports"] == [f"${{LOSSREG_PUBLISH_PORT:-8000}}:{CONTAINER_PORT}"]
+    # HTTP and gRPC are published where the image listens (its LOSSREG_PORT, LOSSREG_GRPC_PORT)
+    image = image_env(service["build"]["target"])
+    published = dict(reversed(p.rsplit(":", 1)) for p in service["ports"])
+    assert published == {
+        image["LOSSREG_PORT"]: "${LOSSREG_PUBLISH_PORT:-8000}",
+        image["LOSSREG_GRPC_PORT"]: "${LOSSREG_PUBLISH_GRPC_PORT:-8001}",
+    }
+    assert "LOSSREG_PORT" not in service["environment"]
+    assert "LOSSREG_GRPC_PORT" not in service["environment"]
     # The same probe as the image's HEALTHCHECK.
     image_check = re.search(
         r"HEALTHCHECK .*?CMD (\[.*?\])", (REPO / "Dockerfile").read_text(), re.S
@@ -155,7 +170,8 @@ def test_prometheus_scrapes_the_lossreg_metrics_under_either_profile() -> None:
     for profile in ("gpu", "cpu"):
         (lossreg,) = started([profile]) - {"prometheus", "grafana"}
         aliases = services[lossreg].get("networks", {}).get("default", {}).get("aliases", [])
-        reachable = {f"{host}:{CONTAINER_PORT}" for host in [lossreg, *aliases]}
+        port = image_env(services[lossreg]["build"]["target"])["LOSSREG_PORT"]
+        reachable = {f"{host}:{port}" for host in [lossreg, *aliases]}
         assert set(targets) & reachable, (profile, targets)
 
 

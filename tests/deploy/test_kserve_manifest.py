@@ -1,6 +1,7 @@
 """Start ``lossreg serve`` exactly as deploy/kserve would run it (the runtime container's args,
 env and port, with the InferenceService's overrides), wait on its readiness probe, send a
-tritonclient request to the path KServe routes, and find the KEDA query's metric in /metrics."""
+tritonclient request to the path KServe routes and one over gRPC to the h2c port, and find the
+KEDA query's metric in /metrics."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.kserve_manifests import (
+from tests.support.cli_server import lossreg_serve, wait_workers_ready
+from tests.support.kserve_manifests import (
     ENTRYPOINT,
     env_of,
     keda_metrics,
@@ -23,8 +25,6 @@ from tests.kserve_manifests import (
     pod_container,
     runtime_named,
 )
-
-from ._cli_server import lossreg_serve, wait_workers_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -47,9 +47,10 @@ def test_the_manifest_container_serves_kserve_routes_and_the_keda_metric(
     env = env_of(container)
     if env["LOSSREG_DEVICE"].startswith("cuda") and not torch.cuda.is_available():
         pytest.skip("the GPU runtime needs CUDA")
-    (port,) = [p["containerPort"] for p in container["ports"]]
-    if not _port_free(port):
-        pytest.skip(f"port {port}, the manifest's, is taken on this machine")
+    port, grpc_port = (p["containerPort"] for p in container["ports"])  # http1, then h2c
+    for taken in (port, grpc_port):
+        if not _port_free(taken):
+            pytest.skip(f"port {taken}, the manifest's, is taken on this machine")
     args = container.get("command", ENTRYPOINT)[len(ENTRYPOINT) :] + container["args"]
     probe = container["readinessProbe"]["httpGet"]
     runtime = runtime_named(isvc["spec"]["predictor"]["model"]["runtime"])
@@ -78,6 +79,19 @@ def test_the_manifest_container_serves_kserve_routes_and_the_keda_metric(
         loss.backward()
         assert result.as_numpy("loss").item() == pytest.approx(loss.item(), rel=1e-6)
         np.testing.assert_allclose(result.as_numpy("grad_input"), reference.grad, rtol=1e-5)
+
+        # grpc-v2: the container port named h2c answers the Open Inference Protocol over gRPC.
+        grpc = pytest.importorskip("tritonclient.grpc")
+        grpc_client = grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        assert grpc_client.is_server_ready()
+        gx = grpc.InferInput("input", list(logits.shape), "FP32")
+        gx.set_data_from_numpy(logits)
+        gy = grpc.InferInput("target", list(labels.shape), "INT64")
+        gy.set_data_from_numpy(labels)
+        over_grpc = grpc_client.infer("cross_entropy", [gx, gy])
+        grpc_client.close()
+        assert over_grpc.as_numpy("loss").item() == pytest.approx(loss.item(), rel=1e-6)
+        np.testing.assert_allclose(over_grpc.as_numpy("grad_input"), reference.grad, rtol=1e-5)
 
         # The metric KEDA's query names is on the path/port KServe tells Prometheus to scrape.
         annotations = runtime["spec"]["annotations"]

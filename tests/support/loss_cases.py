@@ -6,13 +6,40 @@ so a new built-in is covered by adding one line to `CASES`.
 
 from __future__ import annotations
 
+import inspect
+import re
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 Case = tuple[dict[str, torch.Tensor], dict[str, Any]]
+
+NOT_SERVED = {
+    # torch.nn losses the registry leaves out, and why (the README says so too)
+    "triplet_margin_with_distance_loss": "its distance_function is Python code, which no client "
+    "may send",
+    "linear_cross_entropy": "torch's fused projection + cross entropy (LinearCrossEntropyLoss), "
+    "newer than lossreg's built-ins",
+}
+
+
+def torch_nn_loss_functions() -> set[str]:
+    """The ``torch.nn.functional`` name of every public ``torch.nn`` loss class of the installed
+    torch: the function its ``forward`` calls (``CrossEntropyLoss`` -> ``cross_entropy``)."""
+    names: set[str] = set()
+    for attr in dir(nn):
+        cls = getattr(nn, attr)
+        if attr.startswith("_") or not (
+            inspect.isclass(cls) and issubclass(cls, nn.modules.loss._Loss)
+        ):
+            continue
+        calls = re.findall(r"\bF\.(\w+)\(", inspect.getsource(cls.forward))
+        assert len(set(calls)) == 1, f"torch.nn.{attr}.forward calls {calls}"
+        names.add(calls[0])
+    return names
 
 
 def _sign(*shape: int, g: torch.Generator) -> torch.Tensor:

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 KSERVE = REPO / "deploy" / "kserve"
 CRDS = REPO.parent / "shared" / "kserve-crds"
 CRD_FILES = {

@@ -67,8 +67,10 @@ def test_service_and_autoscaler_point_at_the_deployment() -> None:
     assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     assert service["spec"]["selector"].items() <= pod_labels.items()
     port_names = {p["name"]: p["containerPort"] for p in container()["ports"]}
-    (service_port,) = service["spec"]["ports"]
-    assert service_port["targetPort"] in port_names
+    service_ports = {p["name"]: p for p in service["spec"]["ports"]}
+    assert set(service_ports) == {"http", "grpc"}
+    assert all(p["targetPort"] in port_names for p in service_ports.values())
+    assert service_ports["grpc"]["appProtocol"] == "kubernetes.io/h2c"  # HTTP/2, no TLS
     target = hpa["spec"]["scaleTargetRef"]
     assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
     assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
@@ -76,8 +78,13 @@ def test_service_and_autoscaler_point_at_the_deployment() -> None:
 
 def test_container_listens_where_the_image_serves_and_probes_health() -> None:
     image_env = dict(re.findall(r"(LOSSREG_\w+)=(\S+)", (REPO / "Dockerfile").read_text()))
-    (port,) = container()["ports"]
-    assert port["containerPort"] == int(image_env["LOSSREG_PORT"])
+    ports = {p["name"]: p for p in container()["ports"]}
+    assert set(ports) == {"http", "grpc"}
+    port = ports["http"]
+    env = {e["name"]: e.get("value") for e in container()["env"]}
+    settings = {**image_env, **{k: v for k, v in env.items() if v is not None}}
+    assert port["containerPort"] == int(settings["LOSSREG_PORT"])
+    assert ports["grpc"]["containerPort"] == int(settings["LOSSREG_GRPC_PORT"])
     assert "args" not in container() and "command" not in container()  # the image's `serve`
     for probe, path in (
         ("startupProbe", "/v2/health/ready"),

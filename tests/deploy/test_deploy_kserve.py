@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 
 from lossreg_service.settings import Settings
-from tests.kserve_manifests import (
+from tests.support.kserve_manifests import (
     CRDS,
     crd_schema,
     documents,
@@ -72,8 +72,11 @@ def test_runtime_listens_where_kserve_expects(runtime: dict[str, Any]) -> None:
     (container,) = spec["containers"]
     assert container["name"] == "kserve-container"
     env = env_of(container)
-    (port,) = container["ports"]
-    assert port["containerPort"] == 8080 and env["LOSSREG_PORT"] == "8080"
+    http, *others = container["ports"]  # KServe's Service sends port 80 to the first one
+    assert http["containerPort"] == 8080 and env["LOSSREG_PORT"] == "8080"
+    # grpc-v2: the port KServe marks h2c is where the server's gRPC listens
+    (grpc,) = [p for p in others if "h2c" in p["name"] or "grpc" in p["name"]]
+    assert grpc["containerPort"] == int(env["LOSSREG_GRPC_PORT"]) != http["containerPort"]
     assert env["LOSSREG_HOST"] == "0.0.0.0"
     settings = Settings(**{k.removeprefix("LOSSREG_").lower(): v for k, v in env.items()})
     assert settings.port == 8080  # every env entry is a setting the service accepts

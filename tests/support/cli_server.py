@@ -25,7 +25,7 @@ import httpx
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
-from ._server import free_port
+from tests.support.server import free_port
 
 __all__ = ["CliServer", "lossreg_serve", "per_worker", "scrape", "wait_workers_ready"]
 
