@@ -9,7 +9,7 @@ them so) and returns each request's `Evaluation`, or the error it alone caused.
   for the whole batch instead of one per request, and the results come back to the host in
   one copy per output (so a vmapped batch's results are CPU tensors). Gradients and values
   agree with unbatched evaluation, except that a reduction (a mean over a request's rows) may
-  add in another order and differ in the last bit. A loss that vmap cannot run
+  add in another order and differ in its last bits (a few ulp). A loss that vmap cannot run
   (data-dependent control flow, ``.item()``, an ``autograd.Function`` without a vmap rule)
   falls back to one by one, and its registry entry remembers it (``Loss.vmappable``), so later
   batches do not try again. A loss's own checks on values (class indices in range) run under
