@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from lossreg.errors import InvalidInput
 from lossreg_service.engine import evaluate
 from lossreg_service.engine.batching import evaluate_batch
+from lossreg_service.engine.checks import BatchCheckFailed, any_true
 from lossreg_service.losses import zoo
 from lossreg_service.registry import Loss, LossRegistry
 from tests.loss_cases import CASES, make_case, zoo_case
@@ -217,6 +218,21 @@ def test_a_loss_that_cannot_vmap_answers_through_the_fallback() -> None:
         assert torch.equal(result.grads["input"], grad)
 
 
+def test_any_true_asks_the_whole_batch_under_vmap_only() -> None:
+    masks = torch.tensor([[False, False], [False, True]])
+    assert any_true(masks[1]) and not any_true(masks[0])
+    assert torch.func.vmap(lambda m: torch.tensor(any_true(m)))(masks[:1]).tolist() == [False]
+    with pytest.raises(BatchCheckFailed):  # one request's True fails the vmapped batch
+        torch.func.vmap(lambda m: torch.tensor(any_true(m)))(masks)
+
+    def checked_square(x: torch.Tensor) -> torch.Tensor:  # torch.func.grad alone: no batch
+        assert any_true(x > 0) == bool(x > 0)
+        return x * x
+
+    assert float(torch.func.grad(checked_square)(torch.tensor(3.0))) == 6.0
+    assert float(torch.func.grad(checked_square)(torch.tensor(-2.0))) == -4.0
+
+
 # -- the README's list ------------------------------------------------------------------------
 
 
@@ -226,7 +242,6 @@ def _probe(name: str) -> tuple[bool, bool]:
     loss = _fresh(name)
     cases = [make_case(name, seed=s) if name in CASES else zoo_case(name, seed=s)
              for s in range(3)]  # fmt: skip
-    torch._C._functorch._set_vmap_fallback_warning_enabled(True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         results = evaluate_batch(loss, [(t, None) for t, _ in cases], cases[0][1], vmap=True)

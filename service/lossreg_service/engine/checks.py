@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch._C import _functorch
 
-__all__ = ["BatchCheckFailed", "any_true", "vmapped"]
+__all__ = ["BatchCheckFailed", "any_true"]
 
 
 class BatchCheckFailed(Exception):
@@ -28,19 +28,14 @@ class BatchCheckFailed(Exception):
     it gets, is found by evaluating the batch one by one."""
 
 
-def vmapped(tensor: torch.Tensor) -> bool:
-    """Whether ``tensor`` is one request's view of a batch under ``torch.func`` transforms."""
-    return bool(_functorch.is_functorch_wrapped_tensor(tensor))
-
-
 def any_true(mask: torch.Tensor) -> bool:
     """``bool(mask.any())``; under vmap False when no request's mask holds a True, else
     `BatchCheckFailed` (the caller's own error, raised one by one, then names the field)."""
-    if not vmapped(mask):
-        return bool(mask.any())
-    whole = mask
-    while _functorch.is_functorch_wrapped_tensor(whole):
+    whole, batched = mask, False
+    while _functorch.is_functorch_wrapped_tensor(whole):  # vmap's and grad's wrappers
+        batched = batched or bool(_functorch.is_batchedtensor(whole))
         whole = _functorch.get_unwrapped(whole)
-    if bool(whole.any()):
+    found = bool(whole.any())
+    if found and batched:
         raise BatchCheckFailed("a request in this vmapped batch failed a check on its values")
-    return False
+    return found
