@@ -173,7 +173,7 @@ def _vmapped(
 
         if not names:
             return value(), ()
-        out, vjp = torch.func.vjp(value, *diff)
+        out, vjp = torch.func.vjp(value, *diff)[:2]  # a third item only with has_aux
         if not up and out.dim() != 0:  # one by one refuses it with the reason, per request
             raise ValueError("a non-scalar loss needs grad_loss")
         cotangent = up[0].to(out.dtype) if up else torch.ones_like(out)
