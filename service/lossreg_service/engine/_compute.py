@@ -11,7 +11,7 @@ gradient ``grad_loss`` makes the result the vector-Jacobian product, and is requ
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import pydantic
@@ -34,7 +34,7 @@ from ..registry import Loss
 from .cancel import checkpoint
 from .devices import dtype_name
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
+LOW_PRECISION = (torch.float16, torch.bfloat16)
 NONFINITE_MODES = ("reject", "allow")
 """``reject``: NaN/Inf inputs, or outputs, are a `NonFiniteValue` (422); ``allow``: computed and
 listed in `Evaluation.nonfinite`."""
@@ -62,6 +62,7 @@ class Evaluation:
     grads: dict[str, torch.Tensor]
     terms: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
     nonfinite: tuple[str, ...] = ()  # outputs holding NaN/Inf: "loss", "grad_<input>"
+    vmapped: bool = False  # computed in one torch.func.vmap with the rest of its batch
 
 
 def evaluate(
@@ -123,11 +124,11 @@ def evaluate_terms(
             f"nonfinite must be 'reject' or 'allow', not {nonfinite!r}", field="nonfinite"
         )
     device = torch.device(device)
-    info = _info(inputs)
-    validated = [_validate_term(t, info) for t in terms]
+    info = tensor_info(inputs)
+    validated = [validate_term(t, info) for t in terms]
     grad_names = check_grad([t.loss.spec for t in terms], info, grad)
     if nonfinite == "reject":
-        _check_finite_inputs(
+        check_finite_inputs(
             {**inputs, **({"grad_loss": grad_loss} if grad_loss is not None else {})}
         )
     single = len(terms) == 1 and terms[0].weight == 1.0
@@ -156,7 +157,7 @@ def evaluate_terms(
     except torch.cuda.OutOfMemoryError as exc:
         message = f"out of memory on {device}: {exc}"
     else:
-        flagged = _nonfinite_outputs(total, grads)
+        flagged = nonfinite_outputs(total, grads)
         if flagged and nonfinite == "reject":
             raise NonFiniteValue(
                 f"the loss produced non-finite values (NaN or Inf) in {', '.join(flagged)}; "
@@ -176,7 +177,7 @@ def evaluate_terms(
     raise DeviceOutOfMemory(message, retry_after=1)
 
 
-def _check_finite_inputs(tensors: Mapping[str, torch.Tensor]) -> None:
+def check_finite_inputs(tensors: Mapping[str, torch.Tensor]) -> None:
     """Refuse NaN/Inf in floating-point inputs, naming the first tensor holding one."""
     for name, tensor in tensors.items():
         if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
@@ -200,7 +201,7 @@ def _all_finite(tensor: torch.Tensor) -> bool:
     return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
-def _nonfinite_outputs(loss: torch.Tensor, grads: Mapping[str, torch.Tensor]) -> tuple[str, ...]:
+def nonfinite_outputs(loss: torch.Tensor, grads: Mapping[str, torch.Tensor]) -> tuple[str, ...]:
     """The outputs (``loss``, ``grad_<input>``) holding NaN or Inf."""
     outputs = {"loss": loss, **{f"grad_{name}": g for name, g in grads.items()}}
     return tuple(
@@ -208,7 +209,7 @@ def _nonfinite_outputs(loss: torch.Tensor, grads: Mapping[str, torch.Tensor]) ->
     )
 
 
-def _info(inputs: Mapping[str, torch.Tensor]) -> dict[str, TensorInfo]:
+def tensor_info(inputs: Mapping[str, torch.Tensor]) -> dict[str, TensorInfo]:
     """Shapes and dtype names, what the shared checks look at."""
     for name, tensor in inputs.items():
         if not isinstance(tensor, torch.Tensor):
@@ -216,7 +217,7 @@ def _info(inputs: Mapping[str, torch.Tensor]) -> dict[str, TensorInfo]:
     return {n: (tuple(t.shape), dtype_name(t.dtype)) for n, t in inputs.items()}
 
 
-def _validate_term(term: Term, inputs: Mapping[str, TensorInfo]) -> dict[str, Any]:
+def validate_term(term: Term, inputs: Mapping[str, TensorInfo]) -> dict[str, Any]:
     """Names, dtypes and declared shapes of the inputs a term uses; its parameters."""
     spec = term.loss.spec
     check_tensors(spec, inputs)
@@ -237,6 +238,32 @@ def _validate_term(term: Term, inputs: Mapping[str, TensorInfo]) -> dict[str, An
         raise InvalidParameter(message, field=where) from None
 
 
+def declared_casts(losses: Iterable[Loss]) -> dict[str, str]:
+    """Input name -> the dtype the losses' specs cast it to (``TensorSpec.cast``)."""
+    return {
+        ts.name: ts.cast
+        for loss in losses
+        for ts in loss.spec.inputs + loss.spec.tensor_params
+        if ts.cast
+    }
+
+
+def to_compute(
+    tensor: torch.Tensor,
+    device: torch.device,
+    cast: str | None,
+    compute_dtype: torch.dtype | None,
+) -> torch.Tensor:
+    """``tensor`` as the loss gets it: on ``device``, in its declared cast, and float16/bfloat16
+    in ``compute_dtype`` when one is set."""
+    t = tensor.to(device, non_blocking=True)
+    if cast:
+        t = t.to(getattr(torch, cast))
+    if compute_dtype is not None and t.dtype in LOW_PRECISION:
+        t = t.to(compute_dtype)
+    return t
+
+
 def _prepare(
     terms: Sequence[Term],
     inputs: Mapping[str, torch.Tensor],
@@ -245,19 +272,11 @@ def _prepare(
     compute_dtype: torch.dtype | None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Move to the device, apply declared casts and the compute dtype, make gradient leaves."""
-    casts: dict[str, str] = {}
-    for term in terms:
-        for ts in term.loss.spec.inputs + term.loss.spec.tensor_params:
-            if ts.cast:
-                casts[ts.name] = ts.cast
+    casts = declared_casts(term.loss for term in terms)
     prepared: dict[str, torch.Tensor] = {}
     leaves: dict[str, torch.Tensor] = {}
     for name, tensor in inputs.items():
-        t = tensor.to(device, non_blocking=True)
-        if name in casts:
-            t = t.to(getattr(torch, casts[name]))
-        if compute_dtype is not None and t.dtype in _LOW_PRECISION:
-            t = t.to(compute_dtype)
+        t = to_compute(tensor, device, casts.get(name), compute_dtype)
         if name in grad_names:
             t = t.detach().requires_grad_(True)
             leaves[name] = t

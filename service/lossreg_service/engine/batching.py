@@ -9,9 +9,13 @@ them so) and returns each request's `Evaluation`, or the error it alone caused.
   for the whole batch instead of one per request, and the results come back to the host in
   one copy per output (so a vmapped batch's results are CPU tensors). Gradients and values
   agree with unbatched evaluation, except that a reduction (a mean over a request's rows) may
-  add in another order and differ in the last bit. A loss that vmap cannot run
+  add in another order and differ in its last bits (a few ulp). A loss that vmap cannot run
   (data-dependent control flow, ``.item()``, an ``autograd.Function`` without a vmap rule)
-  falls back to one by one, and is remembered, so later batches do not try again.
+  falls back to one by one, and its registry entry remembers it (``Loss.vmappable``), so later
+  batches do not try again. A loss's own checks on values (class indices in range) run under
+  vmap through `engine.checks`; a batch holding a request that fails one runs one by one, so
+  that request alone gets its error. Each result says which way it was computed
+  (`Evaluation.vmapped`).
 - ``vmap=False``: the requests are evaluated one after the other in the same worker call,
   exactly as unbatched (bit for bit); batching then saves the per-request hand-offs.
 """
@@ -28,17 +32,19 @@ from lossreg.errors import LossRegError, NonFiniteValue
 
 from ..registry import Loss
 from ._compute import (
-    _LOW_PRECISION,
     Evaluation,
     Term,
-    _check_finite_inputs,
-    _info,
-    _nonfinite_outputs,
-    _validate_term,
+    check_finite_inputs,
     check_grad,
+    declared_casts,
     evaluate,
+    nonfinite_outputs,
+    tensor_info,
+    to_compute,
+    validate_term,
 )
 from .cancel import ComputationCancelled, checkpoint
+from .checks import BatchCheckFailed
 
 __all__ = ["BatchItem", "evaluate_batch"]
 
@@ -46,8 +52,6 @@ log = logging.getLogger("lossreg.engine")
 
 BatchItem = tuple[Mapping[str, torch.Tensor], torch.Tensor | None]
 """One request of a batch: its tensors by input name, and its upstream gradient (or None)."""
-
-_NOT_VMAPPABLE: set[str] = set()  # losses vmap failed on while one by one worked
 
 
 def evaluate_batch(
@@ -75,18 +79,22 @@ def evaluate_batch(
         vmap: run the batch as one ``torch.func.vmap`` computation when the loss allows it.
     """
     params = dict(params or {})
-    if vmap and len(items) > 1 and loss.name not in _NOT_VMAPPABLE:
-        try:
-            return _vmapped(loss, items, params, grad, torch.device(device), compute_dtype,
-                            nonfinite)  # fmt: skip
-        except Exception as exc:  # noqa: BLE001 - one by one decides whose fault it was
-            results = _one_by_one(loss, items, params, grad, device, compute_dtype, nonfinite)
-            if not any(isinstance(r, Exception) for r in results):
-                _NOT_VMAPPABLE.add(loss.name)
-                log.info("%s cannot be vmapped (%s: %s); batches run one by one",
-                         loss.name, type(exc).__name__, exc)  # fmt: skip
-            return results
-    return _one_by_one(loss, items, params, grad, device, compute_dtype, nonfinite)
+    if not (vmap and len(items) > 1 and loss.vmappable is not False):
+        return _one_by_one(loss, items, params, grad, device, compute_dtype, nonfinite)
+    try:
+        results = _vmapped(loss, items, params, grad, torch.device(device), compute_dtype,
+                           nonfinite)  # fmt: skip
+    except BatchCheckFailed:  # a request's values are wrong: one by one tells whose, and how
+        return _one_by_one(loss, items, params, grad, device, compute_dtype, nonfinite)
+    except Exception as exc:  # noqa: BLE001 - one by one decides whose fault it was
+        results = _one_by_one(loss, items, params, grad, device, compute_dtype, nonfinite)
+        if not any(isinstance(r, Exception) for r in results):
+            loss.vmappable = False
+            log.info("%s cannot be vmapped (%s: %s); batches run one by one",
+                     loss.name, type(exc).__name__, exc)  # fmt: skip
+        return results
+    loss.vmappable = True
+    return results
 
 
 def _one_by_one(
@@ -132,8 +140,8 @@ def _vmapped(
 ) -> list[Evaluation | Exception]:
     """The whole batch through one vmap of value-and-VJP; per-item checks stay per item."""
     first, first_upstream = items[0]
-    info = _info(first)
-    checked = _validate_term(Term(loss, params), info)  # same shapes and params for every item
+    info = tensor_info(first)
+    checked = validate_term(Term(loss, params), info)  # same shapes and params for every item
     names = check_grad([loss.spec], info, grad)
     results: list[Evaluation | Exception | None] = [None] * len(items)
     live: list[int] = []
@@ -141,7 +149,7 @@ def _vmapped(
         checkpoint()
         if nonfinite == "reject":
             try:
-                _check_finite_inputs(
+                check_finite_inputs(
                     {**inputs, **({"grad_loss": upstream} if upstream is not None else {})}
                 )
             except LossRegError as exc:
@@ -165,7 +173,7 @@ def _vmapped(
 
         if not names:
             return value(), ()
-        out, vjp = torch.func.vjp(value, *diff)  # type: ignore[misc]  # has_aux's 3-tuple is off
+        out, vjp = torch.func.vjp(value, *diff)[:2]  # a third item only with has_aux
         if not up and out.dim() != 0:  # one by one refuses it with the reason, per request
             raise ValueError("a non-scalar loss needs grad_loss")
         cotangent = up[0].to(out.dtype) if up else torch.ones_like(out)
@@ -181,7 +189,7 @@ def _vmapped(
     for k, i in enumerate(live):
         inputs = items[i][0]
         item_grads = {n: grads[j][k].to(inputs[n].dtype) for j, n in enumerate(names)}
-        flagged = _nonfinite_outputs(outs[k], item_grads)
+        flagged = nonfinite_outputs(outs[k], item_grads)
         if flagged and nonfinite == "reject":
             results[i] = NonFiniteValue(
                 f"the loss produced non-finite values (NaN or Inf) in {', '.join(flagged)}; "
@@ -189,7 +197,9 @@ def _vmapped(
                 field=flagged[0],
             )
             continue
-        results[i] = Evaluation(loss=outs[k].detach(), grads=item_grads, nonfinite=flagged)
+        results[i] = Evaluation(
+            loss=outs[k].detach(), grads=item_grads, nonfinite=flagged, vmapped=True
+        )
     done = [r for r in results if r is not None]
     assert len(done) == len(items)
     return done
@@ -202,13 +212,10 @@ def _stack(
     compute_dtype: torch.dtype | None,
 ) -> dict[str, torch.Tensor]:
     """Each input stacked over the batch, on the device, with declared casts applied."""
-    casts = {t.name: t.cast for t in loss.spec.inputs + loss.spec.tensor_params if t.cast}
-    stacked: dict[str, torch.Tensor] = {}
-    for name in inputs[0]:
-        t = torch.stack([item[name] for item in inputs]).to(device, non_blocking=True)
-        if name in casts:
-            t = t.to(getattr(torch, casts[name]))
-        if compute_dtype is not None and t.dtype in _LOW_PRECISION:
-            t = t.to(compute_dtype)
-        stacked[name] = t
-    return stacked
+    casts = declared_casts([loss])
+    return {
+        name: to_compute(
+            torch.stack([item[name] for item in inputs]), device, casts.get(name), compute_dtype
+        )  # fmt: skip
+        for name in inputs[0]
+    }

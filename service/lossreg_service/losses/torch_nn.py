@@ -22,6 +22,7 @@ from torch import Tensor
 
 from lossreg.errors import InvalidInput, ShapeMismatch
 
+from ..engine.checks import any_true
 from ..registry import FLOAT_DTYPES, INT_DTYPES, Reduction, TensorSpec, loss
 
 NonNegative = Annotated[float, Field(ge=0)]
@@ -96,7 +97,7 @@ def _check_classes(input: Tensor, target: Tensor, ignore_index: int | None = Non
     valid = (target >= 0) & (target < classes)
     if ignore_index is not None:
         valid |= target == ignore_index
-    if not bool(valid.all()):
+    if any_true(~valid):
         bad = int(target[~valid].flatten()[0])
         allowed = f"[0, {classes})" + (f" or {ignore_index}" if ignore_index is not None else "")
         raise InvalidInput(

@@ -98,6 +98,8 @@ class Loss:
         self.params_model = params_model
         self._call = call
         self.unannotated = unannotated  # scalar parameters typed from their default alone
+        # Whether torch.func.vmap runs this loss: None until a batch has tried (engine.batching).
+        self.vmappable: bool | None = None
 
     @property
     def name(self) -> str:

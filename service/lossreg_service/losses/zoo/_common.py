@@ -14,12 +14,12 @@ from collections.abc import Callable
 from typing import Annotated, Literal, TypeVar
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
 from lossreg.errors import InvalidInput, ShapeMismatch
 
+from ...engine.checks import any_true
 from ...registry import BOOL_DTYPES, FLOAT_DTYPES, INT_DTYPES, Reduction, TensorSpec
 
 Mode = Literal["binary", "multiclass", "multilabel"]
@@ -184,7 +184,7 @@ def flatten(
             else torch.ones_like(labels, dtype=torch.bool)
         )
         bad = valid & ((labels < 0) | (labels >= channels))
-        if bool(bad.any()):
+        if any_true(bad):
             value = int(labels[bad][0])
             also = f" and is not ignore_index ({ignore_index})" if ignore_index is not None else ""
             raise InvalidInput(
@@ -219,7 +219,7 @@ def flatten(
         valid = torch.ones_like(mask, dtype=torch.bool)
     outside = (mask != 0) & (mask != 1) if hard else (mask < 0) | (mask > 1)
     bad = valid & outside
-    if bool(bad.any()):
+    if any_true(bad):
         found = float(mask[bad][0])
         allowed = "0 or 1" if hard else "values in [0, 1]"
         also = f" (or ignore_index, {ignore_index})" if ignore_index is not None else ""
@@ -241,7 +241,10 @@ def one_hot_target(flat: Flat) -> Tensor:
     """The target as a ``[B, C, N]`` mask in the compute dtype, zero where ignored."""
     if flat.mode != "multiclass":
         return flat.target
-    one_hot = F.one_hot(flat.target, flat.channels).transpose(1, 2).to(flat.input.dtype)
+    # ``F.one_hot`` reads the largest index back to the host, which vmap refuses: compare with
+    # the class numbers instead (the same 0/1 values, already ``[B, C, N]``).
+    classes = torch.arange(flat.channels, device=flat.target.device).view(1, -1, 1)
+    one_hot = (flat.target.unsqueeze(1) == classes).to(flat.input.dtype)
     return one_hot * flat.valid
 
 
@@ -265,7 +268,7 @@ def class_weight(
             field="weight",
         )
     w = weight.reshape(-1).to(device=flat.input.device, dtype=dtype)
-    if bool((w < 0).any()) or not bool(torch.isfinite(w).all()):
+    if any_true((w < 0) | ~torch.isfinite(w)):
         raise InvalidInput("weight must hold finite, non-negative values", field="weight")
     if not include_background and flat.mode != "binary":
         w = w[1:]

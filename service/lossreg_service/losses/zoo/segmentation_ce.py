@@ -43,7 +43,10 @@ def balance_weights(labels: Tensor, valid: Tensor, channels: int, balance: str) 
     Scaled so that the weights of all valid pixels sum to their number (then 'sum' and 'none'
     keep the scale of plain cross-entropy); a class absent from the labels weighs 0.
     """
-    counts = torch.bincount(labels[valid], minlength=channels).to(torch.float64)
+    # bincount of labels[valid], without the boolean index, whose data-dependent shape vmap
+    # refuses: ignored pixels (labelled 0 by `flatten`) add 0 to class 0.
+    zeros = torch.zeros(channels, dtype=torch.int64, device=labels.device)
+    counts = zeros.scatter_add(0, labels.reshape(-1), valid.reshape(-1).long()).to(torch.float64)
     if balance == "none":
         return torch.ones(channels, dtype=torch.float64, device=labels.device)
     present = counts > 0
