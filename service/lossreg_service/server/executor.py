@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -37,7 +37,7 @@ log = logging.getLogger("lossreg.server")
 
 T = TypeVar("T")
 
-__all__ = ["ComputeExecutor", "DevicePool", "resolve_devices"]
+__all__ = ["Admission", "ComputeExecutor", "DevicePool", "resolve_devices"]
 
 
 def _mark_retrieved(future: asyncio.Future[Any]) -> None:
@@ -91,7 +91,22 @@ class DevicePool:
 
     @property
     def full(self) -> bool:
-        return self.running >= self.threads and self.waiting >= self.max_queue
+        """No room for one more admitted request: every worker and queue place is taken
+        (admitted requests still being read count as waiting)."""
+        return self.load >= self.threads + self.max_queue
+
+
+@dataclasses.dataclass(eq=False)
+class Admission:
+    """A request let in by `ComputeExecutor.admit`, the one admission decision it gets.
+
+    From admission until a worker takes its computation (or it ends) the request counts in its
+    device's queue, so the queue limit holds exactly: a request refused is refused before its
+    body is read, and a request admitted is never refused later for the same reason.
+    """
+
+    pool: DevicePool
+    queued: bool = True  # still counted in ``pool``'s queue
 
 
 class ComputeExecutor:
@@ -145,20 +160,55 @@ class ComputeExecutor:
         """The device with the least work (running + waiting)."""
         return self._pick()
 
-    async def run(self, fn: Callable[[torch.device], T], *, loss: str = "") -> T:
-        """Queue ``fn`` for a device and await its result.
+    async def run(
+        self,
+        fn: Callable[[torch.device], T],
+        *,
+        loss: str = "",
+        admission: Admission | None = None,
+    ) -> T:
+        """Run ``fn`` alone on a worker of the admitted device and await its result.
+
+        Args:
+            fn: the work, given the device.
+            loss: the label of the compute-time metric.
+            admission: the request's `admit` ticket (taken here when None).
 
         Raises:
-            ServerBusy: the chosen device's queue is full.
+            ServerBusy: admitted here, and the chosen device's queue is full.
             ComputeTimeout: queue wait plus compute took longer than ``timeout_s``.
         """
-        pool = self.admit()
+        admission = admission if admission is not None else self.admit()
         start = asyncio.get_running_loop().time()
-        await self.acquire(pool, start)
-        return await self.execute(pool, fn, loss=loss, start=start)
+        try:
+            await self.acquire(admission.pool, start)
+        finally:
+            self.dispatched(admission)
+        return await self.execute(admission.pool, fn, loss=loss, start=start)
 
-    def admit(self) -> DevicePool:
-        """The device with the least work, or `ServerBusy` when even its queue is full."""
+    @contextlib.contextmanager
+    def admitted(self) -> Iterator[Admission]:
+        """`admit` for the duration of a request; it leaves the queue at the latest when the
+        block ends (earlier when a worker takes its computation)."""
+        admission = self.admit()
+        try:
+            yield admission
+        finally:
+            self.dispatched(admission)
+
+    def dispatched(self, admission: Admission) -> None:
+        """The admitted request left its device's queue (a worker took it, or it ended)."""
+        if admission.queued:
+            admission.queued = False
+            self.hold(admission.pool, -1)
+
+    def admit(self) -> Admission:
+        """Admit one request to the device with the least work, counted in its queue; or
+        `ServerBusy` when even that device's queue is full.
+
+        The one admission decision a request gets: `run`, the dynamic batcher and the inline
+        path take the `Admission` and never check again.
+        """
         pool = self._pick()
         if pool.unusable is not None:
             raise ServerNotReady(
@@ -171,36 +221,32 @@ class ComputeExecutor:
                 "requests are queued; retry later",
                 retry_after=self.retry_after_s,
             )
-        return pool
+        self.hold(pool)
+        return Admission(pool)
 
     def hold(self, pool: DevicePool, count: int = 1) -> None:
-        """Count requests as waiting for ``pool`` (queue gauge, admission) outside `acquire`,
-        e.g. while the dynamic batcher gathers them; `hold(pool, -1)` when they leave."""
+        """Count requests as waiting for ``pool`` (queue gauge, admission); `hold(pool, -1)`
+        when they leave."""
         pool.waiting += count
         self.metrics.queued.labels(device=pool.label).inc(count)
 
-    async def acquire(self, pool: DevicePool, start: float, *, queued: bool = True) -> None:
-        """Wait for one of ``pool``'s workers, until ``start + timeout_s``.
+    async def acquire(self, pool: DevicePool, start: float) -> None:
+        """Wait for one of ``pool``'s workers, until ``start + timeout_s`` (the request is
+        counted in the queue by its `Admission`).
 
         Args:
             pool: the device pool.
-            start: when the request arrived (``loop.time()``): the timeout runs from there.
-            queued: count the wait in the pool's queue (False when `hold` already does).
+            start: when the work was submitted (``loop.time()``): the timeout runs from there.
 
         Raises:
             ComputeTimeout: no worker was free in time.
         """
         loop = asyncio.get_running_loop()
-        if queued:
-            self.hold(pool)
         try:
             remaining = max(0.0, start + self.timeout_s - loop.time())
             await asyncio.wait_for(pool.slots.acquire(), remaining)
         except asyncio.TimeoutError:
             raise self._timeout(pool, "waiting for a worker") from None
-        finally:
-            if queued:
-                self.hold(pool, -1)
         self.metrics.queue_seconds.labels(device=pool.label).observe(loop.time() - start)
 
     async def execute(
