@@ -243,6 +243,7 @@ LIMITS: dict[str, tuple[Any, Any, str]] = {
     "batch_max_size": (64, 1024, "requests in one dynamic batch"),
     "batch_max_delay_us": (0, 100_000, "wait for a batch to fill (0: none)"),
     "batch_max_bytes": (64 * 1024, 1 * MIB, "largest request body that is batched"),
+    "inline_max_bytes": (16 * 1024, 1 * MIB, "largest first-party computation on the event loop"),
     "intra_op_threads": (0, 64, "torch threads per computation (0: cores / computations)"),
     "max_header_bytes": (64 * 1024, 1 * MIB, "request line + headers (431)"),
     "max_headers": (100, 1000, "header fields per request (431)"),

@@ -186,6 +186,25 @@ class ComputeExecutor:
             self.dispatched(admission)
         return await self.execute(admission.pool, fn, loss=loss, start=start)
 
+    def run_inline(
+        self, admission: Admission, fn: Callable[[torch.device], T], *, loss: str = ""
+    ) -> T:
+        """Run ``fn`` now, in the calling thread (the event loop), on the admitted device.
+
+        Only for small computations of trusted code (see `scheduler`): they take less time than
+        handing them to a worker and back, and cannot hang, so they need no timeout. Counted in
+        the compute-time metric as a worker's computation is.
+        """
+        self.dispatched(admission)
+        self.metrics.queue_seconds.labels(device=admission.pool.label).observe(0.0)  # none
+        start = time.perf_counter()
+        try:
+            return fn(admission.pool.device)
+        finally:
+            self.metrics.compute_seconds.labels(
+                loss=loss or "-", device=admission.pool.label
+            ).observe(time.perf_counter() - start)
+
     @contextlib.contextmanager
     def admitted(self) -> Iterator[Admission]:
         """`admit` for the duration of a request; it leaves the queue at the latest when the

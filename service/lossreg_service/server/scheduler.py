@@ -1,13 +1,19 @@
-"""Where an admitted computation runs: in a dynamic batch, or alone on a worker.
+"""Where an admitted computation runs: inline, in a dynamic batch, or alone on a worker.
 
 The one place that decides, so every transport (REST v2, ``/v1``, gRPC) and every kind of
 request (one loss, a composition, a sweep) gets the same choice. After the request was admitted
 (`ComputeExecutor.admit`, once) and, for a small body, decoded on the event loop:
 
-- **batched**: small computations join the dynamic batcher (`batcher`): concurrent ones
+- **inline**: a small computation (tensors of at most ``LOSSREG_INLINE_MAX_BYTES``) of a
+  first-party loss on a CPU device runs on the event loop itself, when dynamic batching does
+  not wait for company (``LOSSREG_BATCH_MAX_DELAY_US=0``). Handing it to a worker and back
+  costs more than computing it, and first-party losses (torch.nn and the zoo, shipped with
+  lossreg) are trusted not to hang; the size bound keeps a big tensor off the loop;
+- **batched**: other small computations join the dynamic batcher (`batcher`): concurrent ones
   with the same loss, parameters and shapes share one worker call;
 - **alone**: the rest runs on a worker with the executor's timeout: big bodies are decoded
-  there too, so megabytes never stall the loop.
+  there too, so megabytes never stall the loop. Plugin losses always take a worker or a batch,
+  so one that hangs answers 504 at its timeout while the loop serves everything else.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from typing import Any, TypeVar
 import orjson
 import torch
 
-from ..registry import Loss
+from ..registry import Loss, LossSpec
+from ..registry._registry import OWN_DISTRIBUTION
 from ..settings import Settings
 from .batcher import DynamicBatcher
 from .dataplane import Computation, Result, compute, compute_batch, single
@@ -28,9 +35,19 @@ from .executor import Admission, ComputeExecutor
 from .inference import Decoded
 from .statistics import RequestTimes, StatisticsStore
 
-__all__ = ["Scheduler", "batch_key", "use_vmap"]
+__all__ = ["Scheduler", "batch_key", "first_party", "use_vmap"]
 
 R = TypeVar("R")
+
+_OWN_MODULES = "lossreg_service.losses."
+
+
+def first_party(spec: LossSpec) -> bool:
+    """Shipped with lossreg: its own distribution's entry point into its own loss modules
+    (a plugin cannot claim this; a loss registered by hand is never first-party)."""
+    return (spec.distribution or "").lower() == OWN_DISTRIBUTION and spec.entry_point.startswith(
+        _OWN_MODULES
+    )
 
 
 def use_vmap(setting: str, devices: Sequence[torch.device]) -> bool:
@@ -70,12 +87,12 @@ def _timed(fn: Callable[[], R]) -> tuple[R, int]:
 
 
 class Scheduler:
-    """Runs admitted computations where they belong (see the module docstring).
+    """Runs admitted computations where they cost least (see the module docstring).
 
     Args:
         executor: the compute pools (admission, workers, timeouts).
         batcher: the dynamic batcher, or None when batching is off.
-        settings: batching limits, the non-finite policy.
+        settings: batching and inline limits, the non-finite policy.
         statistics: where executions are recorded.
         compute_dtype: the dtype losses compute in, or None for the inputs' own.
     """
@@ -95,10 +112,22 @@ class Scheduler:
         self.statistics = statistics
         self.compute_dtype = compute_dtype
         self._vmap = use_vmap(settings.batch_vmap, executor.devices)
+        # Inline would take the place of batches that wait for company: only when none wait.
+        self._inline_max = (
+            settings.inline_max_bytes if batcher is None or batcher.max_delay_s == 0 else 0
+        )
 
     def admit(self) -> Admission:
         """The request's one admission decision (`ComputeExecutor.admit`)."""
         return self.executor.admit()
+
+    def inline(self, loss: Loss, tensor_bytes: int, admission: Admission) -> bool:
+        """Whether a computation of ``loss`` on ``tensor_bytes`` runs on the event loop."""
+        return (
+            tensor_bytes <= self._inline_max
+            and admission.pool.device.type == "cpu"
+            and first_party(loss.spec)
+        )
 
     def _computation(self, loss: Loss, decoded: Decoded) -> Computation:
         return Computation(
@@ -139,7 +168,7 @@ class Scheduler:
             size: the request's size in bytes: small ones are decoded on the loop.
             times: where the stages' durations go.
         """
-        settings, name = self.settings, loss.spec.name
+        settings, executor, name = self.settings, self.executor, loss.spec.name
         if size > settings.batch_max_bytes:  # big: decode, compute and encode on a worker
 
             def work(device: torch.device) -> R:
@@ -163,6 +192,8 @@ class Scheduler:
             answer, times.output_ns = _timed(lambda: encode(decoded, result))
             return answer
 
+        if self.inline(loss, tensor_bytes, admission):
+            return executor.run_inline(admission, compute_encode, loss=name)
         if self.batcher is not None and tensor_bytes <= settings.batch_max_bytes:
             waited = time.perf_counter_ns()
             result: Result = await self.batcher.submit(
