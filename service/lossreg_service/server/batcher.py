@@ -107,7 +107,7 @@ class DynamicBatcher:
         try:
             return await asyncio.wait_for(asyncio.shield(pending.future), remaining)
         except asyncio.TimeoutError:
-            raise self.executor._timeout(admission.pool, "waiting for its batch") from None
+            raise self.executor.timed_out(admission.pool, "waiting for its batch") from None
         finally:
             if not pending.future.done():
                 pending.future.cancel()  # the batch skips it; nobody waits for it anymore
@@ -158,10 +158,10 @@ class DynamicBatcher:
         self.batched += len(batch)
         items = [p.item for p in batch]
         start = min(p.start for p in batch)
-        self.executor.metrics.queue_seconds.labels(device=pool.label).observe(
-            asyncio.get_running_loop().time() - start
-        )
-        self.executor.metrics.batch_size.labels(device=pool.label).observe(len(batch))
+        metrics = self.executor.metrics
+        waited = asyncio.get_running_loop().time() - start
+        metrics.child(metrics.queue_seconds, pool.label).observe(waited)
+        metrics.child(metrics.batch_size, pool.label).observe(len(batch))
         try:
             results = await self.executor.execute(
                 pool, lambda device: queue.run(items, device), loss=queue.label, start=start

@@ -1,11 +1,14 @@
-"""Bounded compute pools, one per device, so computation never blocks the event loop.
+"""Bounded compute pools, one per device, so computation never blocks the event loop (except
+the small, trusted computations the scheduler runs inline: `run_inline`).
 
 Like Triton's instance groups: each device gets ``compute_threads`` worker threads (the number of
-computations it runs at once) and a queue of at most ``max_queue`` waiting requests; a request
-arriving at a full queue is refused at once with `ServerBusy` (503 + ``Retry-After``) rather than
-piling up. A request goes to the device with the least work. The whole wait (queue + compute)
-is bounded by ``compute_timeout_s`` -> `ComputeTimeout` (504). A thread cannot be killed, so a
-computation that overran is abandoned: its slot is given back at once and the pool gets a fresh
+computations it runs at once) and a queue of at most ``max_queue`` waiting requests. Admission is
+decided once per request (`ComputeExecutor.admit` -> `Admission`): a request arriving when every
+worker and queue place is taken is refused at once with `ServerBusy` (503 + ``Retry-After``)
+rather than piling up; an admitted one counts in the queue until a worker takes it. A request
+goes to the device with the least work. The whole wait (queue + compute) is bounded by
+``compute_timeout_s`` -> `ComputeTimeout` (504). A thread cannot be killed, so a computation
+that overran is abandoned: its slot is given back at once and the pool gets a fresh
 thread, so a loss that hangs cannot take a device's capacity with it (the abandoned thread ends
 whenever its computation does, and is counted in ``DevicePool.abandoned``). The computation is
 also told to stop (`engine.cancel`): it ends at its next checkpoint, between terms or batch items.
@@ -196,13 +199,13 @@ class ComputeExecutor:
         the compute-time metric as a worker's computation is.
         """
         self.dispatched(admission)
-        self.metrics.queue_seconds.labels(device=admission.pool.label).observe(0.0)  # none
+        self.metrics.child(self.metrics.queue_seconds, admission.pool.label).observe(0.0)  # none
         start = time.perf_counter()
         try:
             return fn(admission.pool.device)
         finally:
-            self.metrics.compute_seconds.labels(
-                loss=loss or "-", device=admission.pool.label
+            self.metrics.child(
+                self.metrics.compute_seconds, loss or "-", admission.pool.label
             ).observe(time.perf_counter() - start)
 
     @contextlib.contextmanager
@@ -247,7 +250,7 @@ class ComputeExecutor:
         """Count requests as waiting for ``pool`` (queue gauge, admission); `hold(pool, -1)`
         when they leave."""
         pool.waiting += count
-        self.metrics.queued.labels(device=pool.label).inc(count)
+        self.metrics.child(self.metrics.queued, pool.label).inc(count)
 
     async def acquire(self, pool: DevicePool, start: float) -> None:
         """Wait for one of ``pool``'s workers, until ``start + timeout_s`` (the request is
@@ -265,8 +268,8 @@ class ComputeExecutor:
             remaining = max(0.0, start + self.timeout_s - loop.time())
             await asyncio.wait_for(pool.slots.acquire(), remaining)
         except asyncio.TimeoutError:
-            raise self._timeout(pool, "waiting for a worker") from None
-        self.metrics.queue_seconds.labels(device=pool.label).observe(loop.time() - start)
+            raise self.timed_out(pool, "waiting for a worker") from None
+        self.metrics.child(self.metrics.queue_seconds, pool.label).observe(loop.time() - start)
 
     async def execute(
         self, pool: DevicePool, fn: Callable[[torch.device], T], *, loss: str, start: float
@@ -279,7 +282,7 @@ class ComputeExecutor:
         """
         loop = asyncio.get_running_loop()
         pool.running += 1
-        self.metrics.running.labels(device=pool.label).inc()
+        self.metrics.child(self.metrics.running, pool.label).inc()
         context = contextvars.copy_context()  # the request id follows into the worker's logs
         released = False
 
@@ -308,7 +311,7 @@ class ComputeExecutor:
             if not future.done():
                 release()
                 self._abandon_worker(pool)
-            raise self._timeout(pool, "computing") from None
+            raise self.timed_out(pool, "computing") from None
 
     def _timed(
         self,
@@ -333,14 +336,14 @@ class ComputeExecutor:
                 f"device {pool.label} failed ({why}); retry later", retry_after=self.retry_after_s
             ) from exc
         finally:
-            self.metrics.compute_seconds.labels(loss=loss or "-", device=pool.label).observe(
+            self.metrics.child(self.metrics.compute_seconds, loss or "-", pool.label).observe(
                 time.perf_counter() - start
             )
 
     def _release(self, pool: DevicePool) -> None:
         """Free the slot when the thread is really done (also after a timeout)."""
         pool.running -= 1
-        self.metrics.running.labels(device=pool.label).dec()
+        self.metrics.child(self.metrics.running, pool.label).dec()
         pool.slots.release()
 
     def _abandon_worker(self, pool: DevicePool) -> None:
@@ -357,7 +360,8 @@ class ComputeExecutor:
             pool.abandoned,
         )
 
-    def _timeout(self, pool: DevicePool, stage: str) -> ComputeTimeout:
+    def timed_out(self, pool: DevicePool, stage: str) -> ComputeTimeout:
+        """The 504 for a request on ``pool`` that passed the timeout while at ``stage``."""
         log.warning("request timed out after %.1fs %s on %s", self.timeout_s, stage, pool.label)
         return ComputeTimeout(
             f"the computation did not finish within {self.timeout_s:g} s "

@@ -6,9 +6,10 @@ request (one loss, a composition, a sweep) gets the same choice. After the reque
 
 - **inline**: a small computation (tensors of at most ``LOSSREG_INLINE_MAX_BYTES``) of a
   first-party loss on a CPU device runs on the event loop itself, when dynamic batching does
-  not wait for company (``LOSSREG_BATCH_MAX_DELAY_US=0``). Handing it to a worker and back
-  costs more than computing it, and first-party losses (torch.nn and the zoo, shipped with
-  lossreg) are trusted not to hang; the size bound keeps a big tensor off the loop;
+  not wait for company (``LOSSREG_BATCH_MAX_DELAY_US=0``) and no other request waits for the
+  device. Handing it to a worker and back costs more than computing it, and first-party losses
+  (torch.nn and the zoo, shipped with lossreg) are trusted not to hang; the size bound keeps a
+  big tensor off the loop;
 - **batched**: other small computations join the dynamic batcher (`batcher`): concurrent ones
   with the same loss, parameters and shapes share one worker call;
 - **alone**: the rest runs on a worker with the executor's timeout: big bodies are decoded
@@ -122,9 +123,12 @@ class Scheduler:
         return self.executor.admit()
 
     def inline(self, loss: Loss, tensor_bytes: int, admission: Admission) -> bool:
-        """Whether a computation of ``loss`` on ``tensor_bytes`` runs on the event loop."""
+        """Whether a computation of ``loss`` on ``tensor_bytes`` runs on the event loop: small,
+        first-party, on the CPU, and nobody else waiting for the device (so it never overtakes
+        a queued request, and under load requests keep batching and using the workers)."""
         return (
             tensor_bytes <= self._inline_max
+            and admission.pool.waiting <= 1
             and admission.pool.device.type == "cpu"
             and first_party(loss.spec)
         )
