@@ -127,7 +127,8 @@ class Scheduler:
         first-party, on the CPU, and nobody else waiting for the device (so it never overtakes
         a queued request, and under load requests keep batching and using the workers)."""
         return (
-            tensor_bytes <= self._inline_max
+            0 < self._inline_max
+            and tensor_bytes <= self._inline_max
             and admission.pool.waiting <= 1
             and admission.pool.device.type == "cpu"
             and first_party(loss.spec)
