@@ -115,6 +115,13 @@ class Settings(BaseSettings):
     batch_max_bytes: int = Field(
         64 * 1024, ge=0, description="Only requests whose body is at most this big are batched."
     )
+    inline_max_bytes: int = Field(
+        16 * 1024,
+        ge=0,
+        description="A first-party loss (torch.nn, the zoo) on the CPU whose tensors are at most "
+        "this many bytes computes on the event loop, without a worker hand-off, unless batching "
+        "waits (batch_max_delay_us > 0); plugin losses always use a worker. 0 turns it off.",
+    )
     batch_vmap: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Run a batch as one torch.func.vmap computation: auto = on CUDA, off on CPU "

@@ -246,6 +246,7 @@ LIMITS: dict[str, tuple[Any, str]] = {
     "batch_max_size": (1024, "requests in one dynamic batch"),
     "batch_max_delay_us": (100_000, "wait for a batch to fill (0: none)"),
     "batch_max_bytes": (1 * MIB, "largest request body that is batched"),
+    "inline_max_bytes": (1 * MIB, "largest first-party computation on the event loop"),
     "intra_op_threads": (64, "torch threads per computation (0: cores / computations)"),
     "max_header_bytes": (1 * MIB, "request line + headers (431)"),
     "max_headers": (1000, "header fields per request (431)"),

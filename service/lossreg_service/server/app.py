@@ -31,6 +31,7 @@ from .openapi import install_openapi
 from .pipeline import DataPlane
 from .readiness import Readiness, lifecycle
 from .routes import health, metrics, repository, shm, sweep, v1, v2
+from .scheduler import Scheduler
 from .statistics import MetricStatistics
 from .supervision import die_with_supervisor
 from .tuning import configure_compute
@@ -76,9 +77,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics=metrics_,
         )
         app.state.batcher = configure_compute(app.state.executor, settings)
-        app.state.dataplane = DataPlane(
-            settings, app.state.executor, app.state.batcher, compute_dtype, app.state.statistics
+        scheduler = Scheduler(
+            app.state.executor,
+            app.state.batcher,
+            settings=settings,
+            statistics=app.state.statistics,
+            compute_dtype=compute_dtype,
         )
+        app.state.dataplane = DataPlane(settings, scheduler, app.state.statistics)
         grpc_server = None
         try:
             # The registry loads here (in the background unless plugins are strict).

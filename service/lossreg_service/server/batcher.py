@@ -11,9 +11,9 @@ stacked. Each key has a queue and, while it holds requests, one drainer task tha
 3. takes up to ``max_size`` requests and hands them to the worker as one call, then goes back
    to 1 for the rest while that batch computes.
 
-Admission control and timeouts are the executor's: a request waiting here counts in its
-device's queue (503 when full), and each request gets `ComputeTimeout` after
-``compute_timeout_s``, whether it was still waiting or its batch overran.
+Admission control and timeouts are the executor's: a request comes with its `Admission` and
+counts in its device's queue until its batch is taken by a worker, and each request gets
+`ComputeTimeout` after ``compute_timeout_s``, whether it was still waiting or its batch overran.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .executor import ComputeExecutor, DevicePool
+from .executor import Admission, ComputeExecutor, DevicePool
 
 __all__ = ["BatchFn", "DynamicBatcher"]
 
@@ -38,7 +38,7 @@ BatchFn = Callable[[Sequence[Any], torch.device], Sequence[Any]]
 class _Pending:
     item: Any
     future: asyncio.Future[Any]
-    pool: DevicePool
+    admission: Admission
     start: float
 
 
@@ -69,18 +69,32 @@ class DynamicBatcher:
         self.batches = 0  # batches dispatched, and the requests they held (for tests, metrics)
         self.batched = 0
 
-    async def submit(self, key: Hashable, item: Any, run: BatchFn, *, label: str = "") -> Any:
+    async def submit(
+        self,
+        key: Hashable,
+        item: Any,
+        run: BatchFn,
+        *,
+        label: str = "",
+        admission: Admission | None = None,
+    ) -> Any:
         """Queue ``item`` under ``key`` and return its result (``run`` computes its batch).
 
+        Args:
+            key: what items must share to be stacked.
+            item: this request's computation.
+            run: computes a batch of items on a worker.
+            label: the compute-time metric's label.
+            admission: the request's ticket from `ComputeExecutor.admit` (taken here if None).
+
         Raises:
-            ServerBusy: the device queue is full.
+            ServerBusy: admitted here, and the device queue is full.
             ComputeTimeout: no result within the executor's timeout.
             Exception: whatever ``run`` returned for this item, or raised for its batch.
         """
-        pool = self.executor.admit()
+        admission = admission if admission is not None else self.executor.admit()
         loop = asyncio.get_running_loop()
-        pending = _Pending(item, loop.create_future(), pool, loop.time())
-        self.executor.hold(pool)
+        pending = _Pending(item, loop.create_future(), admission, loop.time())
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = _Queue(run, label)
@@ -93,7 +107,7 @@ class DynamicBatcher:
         try:
             return await asyncio.wait_for(asyncio.shield(pending.future), remaining)
         except asyncio.TimeoutError:
-            raise self.executor._timeout(pool, "waiting for its batch") from None
+            raise self.executor.timed_out(admission.pool, "waiting for its batch") from None
         finally:
             if not pending.future.done():
                 pending.future.cancel()  # the batch skips it; nobody waits for it anymore
@@ -101,7 +115,7 @@ class DynamicBatcher:
                 pending.future.exception()  # retrieved, even if this wait gave up first
             if pending in queue.items:
                 queue.items.remove(pending)
-                self.executor.hold(pool, -1)
+            self.executor.dispatched(admission)
 
     async def _drain(self, key: Hashable, queue: _Queue) -> None:
         loop = asyncio.get_running_loop()
@@ -122,7 +136,7 @@ class DynamicBatcher:
                 batch: list[_Pending] = []
                 while queue.items and len(batch) < self.max_size:
                     pending = queue.items.popleft()
-                    self.executor.hold(pending.pool, -1)
+                    self.executor.dispatched(pending.admission)
                     if not pending.future.done():
                         batch.append(pending)
                 if not batch:
@@ -144,10 +158,10 @@ class DynamicBatcher:
         self.batched += len(batch)
         items = [p.item for p in batch]
         start = min(p.start for p in batch)
-        self.executor.metrics.queue_seconds.labels(device=pool.label).observe(
-            asyncio.get_running_loop().time() - start
-        )
-        self.executor.metrics.batch_size.labels(device=pool.label).observe(len(batch))
+        metrics = self.executor.metrics
+        waited = asyncio.get_running_loop().time() - start
+        metrics.child(metrics.queue_seconds, pool.label).observe(waited)
+        metrics.child(metrics.batch_size, pool.label).observe(len(batch))
         try:
             results = await self.executor.execute(
                 pool, lambda device: queue.run(items, device), loss=queue.label, start=start

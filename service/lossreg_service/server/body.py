@@ -35,14 +35,12 @@ if TYPE_CHECKING:
     from prometheus_client import Gauge
 
     from ..settings import Settings
-    from .executor import ComputeExecutor
 
 __all__ = [
     "BodyBudget",
     "ChunkedResponse",
     "CompressedResponse",
     "encoded_response",
-    "read_admitted_body",
     "read_body",
     "release_request",
 ]
@@ -202,13 +200,6 @@ def _too_large(size: int | str, limit: int, what: str) -> PayloadTooLarge:
         field="body",
         limit=limit,
     )
-
-
-async def read_admitted_body(request: Request, executor: ComputeExecutor, limit: int) -> bytearray:
-    """The body of a request for compute: a full queue refuses (503) before a byte is read, so a
-    256 MiB upload is not received only to be turned away."""
-    executor.admit()
-    return await read_body(request, limit)
 
 
 async def read_body(request: Request, limit: int) -> bytearray:

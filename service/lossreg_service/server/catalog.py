@@ -27,6 +27,7 @@ __all__ = [
     "BACKEND",
     "PLATFORM",
     "check_version",
+    "extensions",
     "model_config",
     "model_metadata",
     "model_statistics",
@@ -40,6 +41,19 @@ BACKEND = "lossreg"
 
 PLATFORM = "pytorch_loss"
 _PREFERRED = ("float32", "int64", "bool")
+
+_EXTENSIONS = (
+    "binary_tensor_data",
+    "parameters",
+    "statistics",
+    "model_configuration",
+    "model_repository",
+)
+
+
+def extensions(settings: Settings) -> list[str]:
+    """The protocol extensions the server metadata advertises (REST and gRPC alike)."""
+    return [*_EXTENSIONS, *(["system_shared_memory"] if settings.allow_client_shm else [])]
 
 
 def versions(spec: LossSpec) -> list[str]:

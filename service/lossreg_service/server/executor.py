@@ -1,11 +1,14 @@
-"""Bounded compute pools, one per device, so computation never blocks the event loop.
+"""Bounded compute pools, one per device, so computation never blocks the event loop (except
+the small, trusted computations the scheduler runs inline: `run_inline`).
 
 Like Triton's instance groups: each device gets ``compute_threads`` worker threads (the number of
-computations it runs at once) and a queue of at most ``max_queue`` waiting requests; a request
-arriving at a full queue is refused at once with `ServerBusy` (503 + ``Retry-After``) rather than
-piling up. A request goes to the device with the least work. The whole wait (queue + compute)
-is bounded by ``compute_timeout_s`` -> `ComputeTimeout` (504). A thread cannot be killed, so a
-computation that overran is abandoned: its slot is given back at once and the pool gets a fresh
+computations it runs at once) and a queue of at most ``max_queue`` waiting requests. Admission is
+decided once per request (`ComputeExecutor.admit` -> `Admission`): a request arriving when every
+worker and queue place is taken is refused at once with `ServerBusy` (503 + ``Retry-After``)
+rather than piling up; an admitted one counts in the queue until a worker takes it. A request
+goes to the device with the least work. The whole wait (queue + compute) is bounded by
+``compute_timeout_s`` -> `ComputeTimeout` (504). A thread cannot be killed, so a computation
+that overran is abandoned: its slot is given back at once and the pool gets a fresh
 thread, so a loss that hangs cannot take a device's capacity with it (the abandoned thread ends
 whenever its computation does, and is counted in ``DevicePool.abandoned``). The computation is
 also told to stop (`engine.cancel`): it ends at its next checkpoint, between terms or batch items.
@@ -20,7 +23,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -37,7 +40,7 @@ log = logging.getLogger("lossreg.server")
 
 T = TypeVar("T")
 
-__all__ = ["ComputeExecutor", "DevicePool", "resolve_devices"]
+__all__ = ["Admission", "ComputeExecutor", "DevicePool", "resolve_devices"]
 
 
 def _mark_retrieved(future: asyncio.Future[Any]) -> None:
@@ -91,7 +94,22 @@ class DevicePool:
 
     @property
     def full(self) -> bool:
-        return self.running >= self.threads and self.waiting >= self.max_queue
+        """No room for one more admitted request: every worker and queue place is taken
+        (admitted requests still being read count as waiting)."""
+        return self.load >= self.threads + self.max_queue
+
+
+@dataclasses.dataclass(eq=False)
+class Admission:
+    """A request let in by `ComputeExecutor.admit`, the one admission decision it gets.
+
+    From admission until a worker takes its computation (or it ends) the request counts in its
+    device's queue, so the queue limit holds exactly: a request refused is refused before its
+    body is read, and a request admitted is never refused later for the same reason.
+    """
+
+    pool: DevicePool
+    queued: bool = True  # still counted in ``pool``'s queue
 
 
 class ComputeExecutor:
@@ -145,20 +163,74 @@ class ComputeExecutor:
         """The device with the least work (running + waiting)."""
         return self._pick()
 
-    async def run(self, fn: Callable[[torch.device], T], *, loss: str = "") -> T:
-        """Queue ``fn`` for a device and await its result.
+    async def run(
+        self,
+        fn: Callable[[torch.device], T],
+        *,
+        loss: str = "",
+        admission: Admission | None = None,
+    ) -> T:
+        """Run ``fn`` alone on a worker of the admitted device and await its result.
+
+        Args:
+            fn: the work, given the device.
+            loss: the label of the compute-time metric.
+            admission: the request's `admit` ticket (taken here when None).
 
         Raises:
-            ServerBusy: the chosen device's queue is full.
+            ServerBusy: admitted here, and the chosen device's queue is full.
             ComputeTimeout: queue wait plus compute took longer than ``timeout_s``.
         """
-        pool = self.admit()
+        admission = admission if admission is not None else self.admit()
         start = asyncio.get_running_loop().time()
-        await self.acquire(pool, start)
-        return await self.execute(pool, fn, loss=loss, start=start)
+        try:
+            await self.acquire(admission.pool, start)
+        finally:
+            self.dispatched(admission)
+        return await self.execute(admission.pool, fn, loss=loss, start=start)
 
-    def admit(self) -> DevicePool:
-        """The device with the least work, or `ServerBusy` when even its queue is full."""
+    def run_inline(
+        self, admission: Admission, fn: Callable[[torch.device], T], *, loss: str = ""
+    ) -> T:
+        """Run ``fn`` now, in the calling thread (the event loop), on the admitted device.
+
+        Only for small computations of trusted code (see `scheduler`): they take less time than
+        handing them to a worker and back, and cannot hang, so they need no timeout. Counted in
+        the compute-time metric as a worker's computation is.
+        """
+        self.dispatched(admission)
+        self.metrics.child(self.metrics.queue_seconds, admission.pool.label).observe(0.0)  # none
+        start = time.perf_counter()
+        try:
+            return fn(admission.pool.device)
+        finally:
+            self.metrics.child(
+                self.metrics.compute_seconds, loss or "-", admission.pool.label
+            ).observe(time.perf_counter() - start)
+
+    @contextlib.contextmanager
+    def admitted(self) -> Iterator[Admission]:
+        """`admit` for the duration of a request; it leaves the queue at the latest when the
+        block ends (earlier when a worker takes its computation)."""
+        admission = self.admit()
+        try:
+            yield admission
+        finally:
+            self.dispatched(admission)
+
+    def dispatched(self, admission: Admission) -> None:
+        """The admitted request left its device's queue (a worker took it, or it ended)."""
+        if admission.queued:
+            admission.queued = False
+            self.hold(admission.pool, -1)
+
+    def admit(self) -> Admission:
+        """Admit one request to the device with the least work, counted in its queue; or
+        `ServerBusy` when even that device's queue is full.
+
+        The one admission decision a request gets: `run`, the dynamic batcher and the inline
+        path take the `Admission` and never check again.
+        """
         pool = self._pick()
         if pool.unusable is not None:
             raise ServerNotReady(
@@ -171,37 +243,33 @@ class ComputeExecutor:
                 "requests are queued; retry later",
                 retry_after=self.retry_after_s,
             )
-        return pool
+        self.hold(pool)
+        return Admission(pool)
 
     def hold(self, pool: DevicePool, count: int = 1) -> None:
-        """Count requests as waiting for ``pool`` (queue gauge, admission) outside `acquire`,
-        e.g. while the dynamic batcher gathers them; `hold(pool, -1)` when they leave."""
+        """Count requests as waiting for ``pool`` (queue gauge, admission); `hold(pool, -1)`
+        when they leave."""
         pool.waiting += count
-        self.metrics.queued.labels(device=pool.label).inc(count)
+        self.metrics.child(self.metrics.queued, pool.label).inc(count)
 
-    async def acquire(self, pool: DevicePool, start: float, *, queued: bool = True) -> None:
-        """Wait for one of ``pool``'s workers, until ``start + timeout_s``.
+    async def acquire(self, pool: DevicePool, start: float) -> None:
+        """Wait for one of ``pool``'s workers, until ``start + timeout_s`` (the request is
+        counted in the queue by its `Admission`).
 
         Args:
             pool: the device pool.
-            start: when the request arrived (``loop.time()``): the timeout runs from there.
-            queued: count the wait in the pool's queue (False when `hold` already does).
+            start: when the work was submitted (``loop.time()``): the timeout runs from there.
 
         Raises:
             ComputeTimeout: no worker was free in time.
         """
         loop = asyncio.get_running_loop()
-        if queued:
-            self.hold(pool)
         try:
             remaining = max(0.0, start + self.timeout_s - loop.time())
             await asyncio.wait_for(pool.slots.acquire(), remaining)
         except asyncio.TimeoutError:
-            raise self._timeout(pool, "waiting for a worker") from None
-        finally:
-            if queued:
-                self.hold(pool, -1)
-        self.metrics.queue_seconds.labels(device=pool.label).observe(loop.time() - start)
+            raise self.timed_out(pool, "waiting for a worker") from None
+        self.metrics.child(self.metrics.queue_seconds, pool.label).observe(loop.time() - start)
 
     async def execute(
         self, pool: DevicePool, fn: Callable[[torch.device], T], *, loss: str, start: float
@@ -214,7 +282,7 @@ class ComputeExecutor:
         """
         loop = asyncio.get_running_loop()
         pool.running += 1
-        self.metrics.running.labels(device=pool.label).inc()
+        self.metrics.child(self.metrics.running, pool.label).inc()
         context = contextvars.copy_context()  # the request id follows into the worker's logs
         released = False
 
@@ -243,7 +311,7 @@ class ComputeExecutor:
             if not future.done():
                 release()
                 self._abandon_worker(pool)
-            raise self._timeout(pool, "computing") from None
+            raise self.timed_out(pool, "computing") from None
 
     def _timed(
         self,
@@ -268,14 +336,14 @@ class ComputeExecutor:
                 f"device {pool.label} failed ({why}); retry later", retry_after=self.retry_after_s
             ) from exc
         finally:
-            self.metrics.compute_seconds.labels(loss=loss or "-", device=pool.label).observe(
+            self.metrics.child(self.metrics.compute_seconds, loss or "-", pool.label).observe(
                 time.perf_counter() - start
             )
 
     def _release(self, pool: DevicePool) -> None:
         """Free the slot when the thread is really done (also after a timeout)."""
         pool.running -= 1
-        self.metrics.running.labels(device=pool.label).dec()
+        self.metrics.child(self.metrics.running, pool.label).dec()
         pool.slots.release()
 
     def _abandon_worker(self, pool: DevicePool) -> None:
@@ -292,7 +360,8 @@ class ComputeExecutor:
             pool.abandoned,
         )
 
-    def _timeout(self, pool: DevicePool, stage: str) -> ComputeTimeout:
+    def timed_out(self, pool: DevicePool, stage: str) -> ComputeTimeout:
+        """The 504 for a request on ``pool`` that passed the timeout while at ``stage``."""
         log.warning("request timed out after %.1fs %s on %s", self.timeout_s, stage, pool.label)
         return ComputeTimeout(
             f"the computation did not finish within {self.timeout_s:g} s "

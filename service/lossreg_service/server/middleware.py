@@ -94,11 +94,12 @@ class RequestContextMiddleware:
     def _record(self, scope: Scope, state: dict[str, Any], status: int, seconds: float) -> None:
         route = scope.get("route")
         template = getattr(route, "path_format", None) or "<unmatched>"
-        self.metrics.request_seconds.labels(route=template, method=scope["method"]).observe(seconds)
+        metrics = self.metrics
+        metrics.child(metrics.request_seconds, template, scope["method"]).observe(seconds)
         loss = state.get("loss")
         outcome = state.get("error_code") or ("success" if status < 400 else f"http_{status}")
         if state.get("compute"):
-            self.metrics.requests.labels(loss=loss or "<unknown>", outcome=outcome).inc()
+            metrics.child(metrics.requests, loss or "<unknown>", outcome).inc()
         path = bounded(scope["path"])  # a quoted prefix; the formatter escapes what it holds
         access_log.info(
             "%s %s %s %.1fms",

@@ -1,30 +1,20 @@
-"""One KServe v2 inference, whatever the transport: decode, compute (batched or not), encode.
+"""One inference, whatever the transport: admit it once, read it, schedule it, answer it.
 
-`infer` is the transport-neutral dataplane: REST v2 (`run_inference`) and gRPC hand it a
-decoder and an encoder of their own wire and it does the rest, so both share admission, the
-dynamic batcher (their requests batch together), the timeout, the non-finite policy and the
-statistics. Two paths, chosen by the request's size:
-
-- small bodies (at most ``LOSSREG_BATCH_MAX_BYTES``) are decoded on the event loop (tens of
-  microseconds). With small tensors too, dynamic batching groups them with concurrent requests
-  that have the same loss, parameters and shapes (`batch_key`), one worker call computes the
-  batch, and each answer is encoded back on the loop. A small body can still name big tensors
-  (in shared memory): those are computed, and written back, on a worker;
-- big bodies: decoding, evaluation and encoding all happen on a worker, so a 16 MB tensor or
-  megabytes of JSON numbers never stall the event loop.
+`infer` is the transport-neutral dataplane: REST v2 (`run_inference`), ``/v1`` and gRPC hand it
+a decoder and an encoder of their own wire; the `Scheduler` decides where the work runs (inline,
+in a dynamic batch with other transports' requests, or alone on a worker), and the statistics
+record it. Admission is the executor's, decided once per request (`DataPlane.admitted`): REST
+takes it before reading the body, so a full queue refuses before a byte is received.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import time
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-import orjson
-import torch
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -32,21 +22,23 @@ from lossreg.protocol import HEADER_LENGTH
 
 from ..registry import Loss
 from ..settings import Settings
-from .batcher import DynamicBatcher
-from .body import encoded_response, read_admitted_body
-from .dataplane import Computation, Result, compute, compute_batch, single
+from .body import encoded_response, read_body
+from .dataplane import Result
 from .deps import registry_when_loaded
-from .executor import ComputeExecutor
+from .executor import Admission, ComputeExecutor
 from .inference import Decoded, decode_request, encode_response
+from .scheduler import Scheduler, batch_key, use_vmap
 from .shm import regions
 from .statistics import RequestTimes, StatisticsStore
 
 __all__ = [
     "DataPlane",
+    "Observed",
     "batch_key",
     "dataplane",
     "infer",
     "observe",
+    "observe_losses",
     "resolve_loss",
     "run_inference",
     "use_vmap",
@@ -57,54 +49,23 @@ R = TypeVar("R")
 _JOIN_BELOW = 64 * 1024  # answers up to this size are sent as one chunk
 
 
-def use_vmap(setting: str, devices: Sequence[torch.device]) -> bool:
-    """``batch_vmap``: auto means vmap on CUDA devices only."""
-    if setting == "auto":
-        return any(d.type == "cuda" for d in devices)
-    return setting == "on"
-
-
-def batch_key(loss: Loss, decoded: Decoded, nonfinite: str) -> Hashable:
-    """What requests must share to be stacked into one batch."""
-    return (
-        loss.spec.name,
-        orjson.dumps(decoded.params, option=orjson.OPT_SORT_KEYS),
-        None if decoded.plan.grad is None else tuple(decoded.plan.grad),
-        nonfinite,
-        tuple(sorted((n, a.shape, dt) for n, (a, dt) in decoded.inputs.items())),
-        None if decoded.grad_loss is None else (decoded.grad_loss[0].shape, decoded.grad_loss[1]),
-    )
-
-
-def _computation(
-    loss: Loss, decoded: Decoded, compute_dtype: torch.dtype | None, nonfinite: str
-) -> Computation:
-    return Computation(
-        single(loss, decoded.params),
-        decoded.inputs,
-        grad=decoded.plan.grad,
-        grad_loss=decoded.grad_loss,
-        compute_dtype=compute_dtype,
-        nonfinite=nonfinite,
-    )
-
-
-def _tensor_bytes(decoded: Decoded) -> int:
-    arrays = [a for a, _ in decoded.inputs.values()]
-    if decoded.grad_loss is not None:
-        arrays.append(decoded.grad_loss[0])
-    return sum(a.nbytes for a in arrays)
-
-
 @dataclasses.dataclass(frozen=True)
 class DataPlane:
     """What every transport's inference shares, built once in the app's lifespan."""
 
     settings: Settings
-    executor: ComputeExecutor
-    batcher: DynamicBatcher | None
-    compute_dtype: torch.dtype | None
+    scheduler: Scheduler
     statistics: StatisticsStore
+
+    @property
+    def executor(self) -> ComputeExecutor:
+        return self.scheduler.executor
+
+    @contextlib.contextmanager
+    def admitted(self) -> Iterator[Admission]:
+        """Admit one request (503 when its device's queue is full) for the block's duration."""
+        with self.executor.admitted() as admission:
+            yield admission
 
 
 def _version(loss: Loss) -> str:
@@ -114,37 +75,42 @@ def _version(loss: Loss) -> str:
 @contextlib.contextmanager
 def observe(statistics: StatisticsStore, loss: Loss) -> Iterator[RequestTimes]:
     """Time one request for ``loss`` and record it as a success or, if it raises, a failure."""
-    times = RequestTimes()
+    with observe_losses(statistics, [loss]) as observed:
+        yield observed.times
+
+
+@dataclasses.dataclass
+class Observed:
+    """One request's stages, and the losses it counts for (filled in as it is read)."""
+
+    times: RequestTimes
+    losses: list[Loss]
+
+
+@contextlib.contextmanager
+def observe_losses(statistics: StatisticsStore, losses: list[Loss]) -> Iterator[Observed]:
+    """Time one request and record it, a success or (if it raises) a failure, once for each
+    distinct loss in ``losses``; a composition adds its terms' losses as it reads them.
+
+    Each loss gets the request's whole duration, queue, decoding and encoding, and an equal
+    share of its compute (so summed over the losses it is the request's compute once).
+    """
+    observed = Observed(RequestTimes(), losses)
     start = time.perf_counter_ns()
     ok = False
     try:
-        yield times
+        yield observed
         ok = True
     finally:
-        statistics.record_request(
-            loss.spec.name,
-            _version(loss),
-            ok=ok,
-            total_ns=time.perf_counter_ns() - start,
-            times=times,
-        )
-
-
-def _batch(
-    plane: DataPlane,
-    loss: Loss,
-    vmap: bool,
-    computations: Sequence[Any],
-    device: torch.device,
-) -> list[Result | Exception]:
-    plane.statistics.record_execution(loss.spec.name, _version(loss), batch_size=len(computations))
-    return compute_batch(loss, computations, device, vmap=vmap)
-
-
-def _timed(fn: Callable[[], R]) -> tuple[R, int]:
-    start = time.perf_counter_ns()
-    out = fn()
-    return out, time.perf_counter_ns() - start
+        total = time.perf_counter_ns() - start
+        distinct = list(dict.fromkeys(observed.losses))
+        times = observed.times
+        if len(distinct) > 1:
+            times = dataclasses.replace(times, infer_ns=times.infer_ns // len(distinct))
+        for loss in distinct:
+            statistics.record_request(
+                loss.spec.name, _version(loss), ok=ok, total_ns=total, times=times
+            )
 
 
 async def infer(
@@ -155,66 +121,25 @@ async def infer(
     *,
     size: int,
     times: RequestTimes | None = None,
+    admission: Admission | None = None,
 ) -> R:
     """Answer one inference request for ``loss``, whatever its transport.
 
     Args:
-        plane: the shared executor, batcher, settings and statistics.
+        plane: the shared scheduler, settings and statistics.
         loss: the loss to evaluate.
         decode: the transport's request -> `Decoded` (checked).
         encode: the transport's answer from the decoded request and its `Result`.
         size: the request's size in bytes: small ones are decoded on the loop and may batch.
         times: where the stages' durations go (`observe`).
+        admission: the request's admission when the transport took it before reading the
+            request (REST); else it is admitted here.
     """
     times = times if times is not None else RequestTimes()
-    settings, executor, batcher = plane.settings, plane.executor, plane.batcher
-    name, version = loss.spec.name, _version(loss)
-
-    if size <= settings.batch_max_bytes:  # small: decoding it here costs microseconds
-        decoded, times.input_ns = _timed(decode)
-        nonfinite = decoded.nonfinite or settings.nonfinite
-        computation = _computation(loss, decoded, plane.compute_dtype, nonfinite)
-        if batcher is not None and _tensor_bytes(decoded) <= settings.batch_max_bytes:
-            vmap = use_vmap(settings.batch_vmap, executor.devices)
-            waited = time.perf_counter_ns()
-            result: Result = await batcher.submit(
-                batch_key(loss, decoded, nonfinite),
-                computation,
-                functools.partial(_batch, plane, loss, vmap),
-                label=name,
-            )
-            times.infer_ns, times.batch_size = result.compute_ns, result.batch_size
-            times.queue_ns = max(0, time.perf_counter_ns() - waited - result.compute_ns)
-            answer, times.output_ns = _timed(lambda: encode(decoded, result))
-            return answer
-
-        # big tensors in shared memory, or batching off: compute and encode on a worker
-        def compute_encode(device: torch.device) -> R:
-            plane.statistics.record_execution(name, version, batch_size=1)
-            result = compute(computation, device)
-            times.infer_ns = result.compute_ns
-            answer, times.output_ns = _timed(lambda: encode(decoded, result))
-            return answer
-
-        waited = time.perf_counter_ns()
-        answer = await executor.run(compute_encode, loss=name)
-        times.queue_ns = max(0, time.perf_counter_ns() - waited - times.infer_ns - times.output_ns)
-        return answer
-
-    def work(device: torch.device) -> R:
-        decoded, times.input_ns = _timed(decode)
-        nonfinite = decoded.nonfinite or settings.nonfinite
-        plane.statistics.record_execution(name, version, batch_size=1)
-        result = compute(_computation(loss, decoded, plane.compute_dtype, nonfinite), device)
-        times.infer_ns = result.compute_ns
-        answer, times.output_ns = _timed(lambda: encode(decoded, result))
-        return answer
-
-    waited = time.perf_counter_ns()
-    answer = await executor.run(work, loss=name)
-    spent = times.input_ns + times.infer_ns + times.output_ns
-    times.queue_ns = max(0, time.perf_counter_ns() - waited - spent)
-    return answer
+    if admission is not None:
+        return await plane.scheduler.infer(admission, loss, decode, encode, size=size, times=times)
+    with plane.admitted() as admitted:
+        return await plane.scheduler.infer(admitted, loss, decode, encode, size=size, times=times)
 
 
 async def resolve_loss(request: Request, name: str) -> Loss:
@@ -236,8 +161,8 @@ async def run_inference(request: Request, loss: Loss) -> Response:
     send the JSON (+ binary) answer."""
     plane = dataplane(request.app)
     settings = plane.settings
-    with observe(plane.statistics, loss) as times:
-        body = await read_admitted_body(request, plane.executor, settings.max_request_bytes)
+    with observe(plane.statistics, loss) as times, plane.admitted() as admission:
+        body = await read_body(request, settings.max_request_bytes)
         header_length = request.headers.get(HEADER_LENGTH)
         shm = regions(request.app)
         chunks, length = await infer(
@@ -249,6 +174,7 @@ async def run_inference(request: Request, loss: Loss) -> Response:
             ),
             size=len(body),
             times=times,
+            admission=admission,
         )
     if len(chunks) > 1 and sum(len(memoryview(c).cast("B")) for c in chunks) <= _JOIN_BELOW:
         chunks = [b"".join(chunks)]  # one write instead of one per tensor

@@ -29,6 +29,7 @@ from lossreg.errors import LossRegError, Unauthorized
 from ...registry import LossRegistry
 from ..catalog import (
     check_version,
+    extensions,
     model_config,
     model_metadata,
     model_statistics,
@@ -38,7 +39,6 @@ from ..catalog import (
 from ..deps import registry_when_loaded
 from ..middleware import new_request_id, request_id_var
 from ..pipeline import DataPlane, infer, observe
-from ..routes.health import EXTENSIONS
 from ..shm import regions
 from .codec import decode_infer_request, encode_infer_response, to_message
 from .proto import grpc_service_pb2 as pb
@@ -220,11 +220,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
         async def answer() -> pb.ServerMetadataResponse:
-            extensions = EXTENSIONS + (
-                ["system_shared_memory"] if self.state.settings.allow_client_shm else []
-            )
             return pb.ServerMetadataResponse(
-                name="lossreg", version=__version__, extensions=extensions
+                name="lossreg", version=__version__, extensions=extensions(self.state.settings)
             )
 
         return await _Call(self, context, "ServerMetadata").run(answer, protected=False)

@@ -10,17 +10,10 @@ from fastapi.responses import JSONResponse
 from lossreg import __version__
 from lossreg.protocol import ServerLiveResponse, ServerMetadataResponse, ServerReadyResponse
 
+from ..catalog import extensions
 from ..deps import SettingsDep
 
 router = APIRouter(prefix="/v2", tags=["health"])
-
-EXTENSIONS = [
-    "binary_tensor_data",
-    "parameters",
-    "statistics",
-    "model_configuration",
-    "model_repository",
-]
 
 
 @router.get("/health/live", response_model=ServerLiveResponse)
@@ -49,5 +42,6 @@ async def ready(request: Request) -> ServerReadyResponse | JSONResponse:
 @router.get("", response_model=ServerMetadataResponse)
 async def server_metadata(settings: SettingsDep) -> ServerMetadataResponse:
     """Server name, version and protocol extensions (``binary_tensor_data``...)."""
-    extensions = EXTENSIONS + (["system_shared_memory"] if settings.allow_client_shm else [])
-    return ServerMetadataResponse(name="lossreg", version=__version__, extensions=extensions)
+    return ServerMetadataResponse(
+        name="lossreg", version=__version__, extensions=extensions(settings)
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
@@ -12,11 +13,10 @@ from lossreg.protocol import Buffer, ErrorResponse
 from lossreg.protocol.sweep import MAX_SWEEP_POINTS, SweepRequest, SweepResponse
 
 from ..auth import require_api_key
-from ..body import encoded_response, read_admitted_body
-from ..deps import ExecutorDep, SettingsDep
+from ..body import encoded_response, read_body
 from ..jsonapi import decode_inputs, validate_body
 from ..openapi import request_body
-from ..pipeline import resolve_loss
+from ..pipeline import dataplane, observe, resolve_loss
 from ..sweep import run_sweep
 
 router = APIRouter(prefix="/v1", tags=["v1"], dependencies=[Depends(require_api_key)])
@@ -39,29 +39,39 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         "`nonfinite: allow`."
     ),
 )
-async def sweep(
-    name: str,
-    request: Request,
-    settings: SettingsDep,
-    executor: ExecutorDep,
-) -> Response:
-    """Value and gradient of one loss along one input element (a curve for a plot)."""
+async def sweep(name: str, request: Request) -> Response:
+    """Value and gradient of one loss along one input element (a curve for a plot).
+
+    Through the dataplane: admitted once, run alone on a worker by the scheduler (its points
+    are one batch already), and counted in the loss's model statistics as one inference and one
+    execution."""
     loss = await resolve_loss(request, name)
-    body = await read_admitted_body(request, executor, settings.max_request_bytes)
-    compute_dtype = request.app.state.compute_dtype
+    plane = dataplane(request.app)
+    settings = plane.settings
+    with observe(plane.statistics, loss) as times, plane.admitted() as admission:
+        body = await read_body(request, settings.max_request_bytes)
 
-    def work(device: Any) -> list[Buffer]:
-        req: SweepRequest = validate_body(SweepRequest, body, "sweep request")
-        inputs, _ = decode_inputs(req.inputs)
-        out = run_sweep(
-            loss,
-            req,
-            inputs,
-            device=device,
-            compute_dtype=compute_dtype,
-            nonfinite=req.nonfinite or settings.nonfinite,
+        def work(device: Any) -> list[Buffer]:
+            started = time.perf_counter_ns()
+            req: SweepRequest = validate_body(SweepRequest, body, "sweep request")
+            inputs, _ = decode_inputs(req.inputs)
+            decoded = time.perf_counter_ns()
+            times.input_ns = decoded - started
+            out = run_sweep(
+                loss,
+                req,
+                inputs,
+                device=device,
+                compute_dtype=plane.scheduler.compute_dtype,
+                nonfinite=req.nonfinite or settings.nonfinite,
+            )
+            computed = time.perf_counter_ns()
+            times.infer_ns = computed - decoded
+            chunks: list[Buffer] = [orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY)]
+            times.output_ns = time.perf_counter_ns() - computed
+            return chunks
+
+        chunks = await plane.scheduler.run(
+            admission, work, label=loss.spec.name, times=times, losses=[loss]
         )
-        return [orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY)]
-
-    chunks = await executor.run(work, loss=loss.spec.name)
     return encoded_response(request, chunks, min_bytes=settings.compress_min_bytes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Mapping
 from typing import Annotated, Any
@@ -27,14 +28,14 @@ from lossreg.protocol import (
 from ...engine import Term
 from ...registry import Loss, LossRegistry
 from ..auth import require_api_key
-from ..body import encoded_response, read_admitted_body
+from ..body import encoded_response, read_body
 from ..catalog import spec_response
 from ..dataplane import Computation, Result, compute
-from ..deps import ExecutorDep, RegistryDep, SettingsDep
+from ..deps import RegistryDep
 from ..inference import Decoded, OutputPlan
 from ..jsonapi import Form, decode_inputs, decode_value, encode_value, validate_body
 from ..openapi import request_body
-from ..pipeline import dataplane, infer, observe, resolve_loss
+from ..pipeline import dataplane, infer, observe, observe_losses, resolve_loss
 
 router = APIRouter(prefix="/v1", tags=["v1"], dependencies=[Depends(require_api_key)])
 
@@ -108,9 +109,11 @@ async def evaluate(name: str, request: Request) -> Response:
         }
         return [orjson.dumps(out, option=_JSON)]
 
-    with observe(plane.statistics, loss) as times:
-        body = await read_admitted_body(request, plane.executor, settings.max_request_bytes)
-        chunks = await infer(plane, loss, decode, encode, size=len(body), times=times)
+    with observe(plane.statistics, loss) as times, plane.admitted() as admission:
+        body = await read_body(request, settings.max_request_bytes)
+        chunks = await infer(
+            plane, loss, decode, encode, size=len(body), times=times, admission=admission
+        )
     return encoded_response(request, chunks, min_bytes=settings.compress_min_bytes)
 
 
@@ -138,46 +141,58 @@ def _terms(registry: LossRegistry, req: ComposeRequest) -> list[Term]:
     responses=_ERRORS,
     openapi_extra=request_body("ComposeRequest"),
 )
-async def compose(
-    request: Request,
-    registry: RegistryDep,
-    settings: SettingsDep,
-    executor: ExecutorDep,
-) -> Response:
-    """Several losses on the same inputs: the weighted total, each term, the total's gradient."""
+async def compose(request: Request, registry: RegistryDep) -> Response:
+    """Several losses on the same inputs: the weighted total, each term, the total's gradient.
+
+    Through the dataplane: admitted once, run alone on a worker by the scheduler (its terms
+    are one computation), and counted in the model statistics once for each distinct loss
+    among its terms (`pipeline.observe_losses`)."""
     request.state.compute = True
     request.state.loss = "<composition>"
-    body = await read_admitted_body(request, executor, settings.max_request_bytes)
-    compute_dtype = request.app.state.compute_dtype
+    plane = dataplane(request.app)
+    settings = plane.settings
 
-    def work(device: Any) -> list[Buffer]:
-        req: ComposeRequest = validate_body(ComposeRequest, body, "compose request")
-        terms = _terms(registry, req)
-        inputs, forms = decode_inputs(req.inputs)
-        computation = Computation(
-            terms,
-            inputs,
-            grad=req.grad,
-            compute_dtype=compute_dtype,
-            nonfinite=req.nonfinite or settings.nonfinite,
-        )
-        result = compute(computation, device)
-        value, _ = result.loss
-        if value.ndim != 0:
-            raise InvalidParameter(
-                f"term {terms[0].key!r} returns shape {list(value.shape)}; a composition needs "
-                "scalar terms (reduction 'mean' or 'sum')",
-                field="terms",
+    with observe_losses(plane.statistics, []) as observed, plane.admitted() as admission:
+        body = await read_body(request, settings.max_request_bytes)
+        times = observed.times
+
+        def work(device: Any) -> list[Buffer]:
+            started = time.perf_counter_ns()
+            req: ComposeRequest = validate_body(ComposeRequest, body, "compose request")
+            terms = _terms(registry, req)
+            observed.losses.extend(t.loss for t in terms)
+            inputs, forms = decode_inputs(req.inputs)
+            computation = Computation(
+                terms,
+                inputs,
+                grad=req.grad,
+                compute_dtype=plane.scheduler.compute_dtype,
+                nonfinite=req.nonfinite or settings.nonfinite,
             )
-        terms_out = result.terms or {terms[0].key: float(value)}
-        out = {
-            "loss": float(value),
-            "terms": terms_out,
-            "weights": {t.key: t.weight for t in terms},
-            "grads": _grads(result, forms),
-            "nonfinite": list(result.nonfinite),
-        }
-        return [orjson.dumps(out, option=_JSON)]
+            times.input_ns = time.perf_counter_ns() - started
+            result = compute(computation, device)
+            times.infer_ns = result.compute_ns
+            started = time.perf_counter_ns()
+            value, _ = result.loss
+            if value.ndim != 0:
+                raise InvalidParameter(
+                    f"term {terms[0].key!r} returns shape {list(value.shape)}; a composition "
+                    "needs scalar terms (reduction 'mean' or 'sum')",
+                    field="terms",
+                )
+            terms_out = result.terms or {terms[0].key: float(value)}
+            out = {
+                "loss": float(value),
+                "terms": terms_out,
+                "weights": {t.key: t.weight for t in terms},
+                "grads": _grads(result, forms),
+                "nonfinite": list(result.nonfinite),
+            }
+            chunks: list[Buffer] = [orjson.dumps(out, option=_JSON)]
+            times.output_ns = time.perf_counter_ns() - started
+            return chunks
 
-    chunks = await executor.run(work, loss="<composition>")
+        chunks = await plane.scheduler.run(
+            admission, work, label="<composition>", times=times, losses=observed.losses
+        )
     return encoded_response(request, chunks, min_bytes=settings.compress_min_bytes)
