@@ -183,3 +183,39 @@ def test_compositions_and_sweeps_share_the_one_admission() -> None:
         assert stats["fail"]["count"] == 1  # the refused sweep (the refused composition and
         # the raw request named no loss yet)
         assert stats["queue"]["ns"] > 0.5e9  # the sweep waited for the composition
+
+
+def test_uploads_in_progress_hold_no_queue_place() -> None:
+    """Slow clients trickling bodies cannot fill the queue and lock everyone else out: a request
+    joins its device's queue only once its body has arrived (the client timeouts and the body
+    budget bound the uploads themselves)."""
+    settings = Settings(device="cpu", log_level="warning", compute_threads=1, max_queue=1)
+    body = b'{"inputs": {"input": [1.0, 3.0], "target": [0.0, 0.0]}}'
+    v2 = (
+        b'{"inputs": [{"name": "input", "shape": [2], "datatype": "FP32", "data": [1, 3]},'
+        b' {"name": "target", "shape": [2], "datatype": "FP32", "data": [0, 0]}]}'
+    )
+    bodies = {"/v1/losses/mse_loss/evaluate": body, "/v2/models/mse_loss/infer": v2}
+    with serve(settings) as url, httpx.Client(base_url=url, timeout=30) as http:
+        host, port = url.removeprefix("http://").split(":")
+        uploads = []
+        try:
+            for path in list(bodies) * 3:
+                sock = socket.create_connection((host, int(port)), timeout=5)
+                uploads.append((sock, bodies[path]))
+                sock.sendall(
+                    f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(bodies[path])}\r\n\r\n".encode()
+                    + bodies[path][:10]
+                )
+            time.sleep(0.3)  # the server has admitted them and is waiting for their bodies
+            for _ in range(3):
+                r = http.post("/v1/losses/mse_loss/evaluate", content=body)
+                assert r.status_code == 200 and r.json()["loss"] == 5.0, r.text
+            assert _gauge(http, "lossreg_requests_queued") == 0
+            for sock, sent in uploads:  # the slow uploads finish, and are answered
+                sock.sendall(sent[10:])
+                assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        finally:
+            for sock, _ in uploads:
+                sock.close()

@@ -103,13 +103,18 @@ class DevicePool:
 class Admission:
     """A request let in by `ComputeExecutor.admit`, the one admission decision it gets.
 
-    From admission until a worker takes its computation (or it ends) the request counts in its
-    device's queue, so the queue limit holds exactly: a request refused is refused before its
-    body is read, and a request admitted is never refused later for the same reason.
+    A request refused is refused before its body is read, and a request admitted is never
+    refused later for the same reason. It counts in its device's queue from when its body has
+    arrived (`ComputeExecutor.enqueue`; at once when admitted with its body) until a worker takes
+    its computation (or it ends): an upload holds no queue place, so slow clients trickling
+    bodies cannot fill the queue and lock everyone else out (the body budget and the client
+    timeouts bound uploads). The queue can therefore pass ``max_queue`` by the bodies that were
+    arriving when it filled, never by more.
     """
 
     pool: DevicePool
-    queued: bool = True  # still counted in ``pool``'s queue
+    queued: bool = True  # counted in ``pool``'s queue now
+    left: bool = False  # a worker took it, or it ended: never counted again
 
 
 class ComputeExecutor:
@@ -209,10 +214,10 @@ class ComputeExecutor:
             ).observe(time.perf_counter() - start)
 
     @contextlib.contextmanager
-    def admitted(self) -> Iterator[Admission]:
+    def admitted(self, *, queued: bool = True) -> Iterator[Admission]:
         """`admit` for the duration of a request; it leaves the queue at the latest when the
         block ends (earlier when a worker takes its computation)."""
-        admission = self.admit()
+        admission = self.admit(queued=queued)
         try:
             yield admission
         finally:
@@ -220,13 +225,15 @@ class ComputeExecutor:
 
     def dispatched(self, admission: Admission) -> None:
         """The admitted request left its device's queue (a worker took it, or it ended)."""
+        admission.left = True
         if admission.queued:
             admission.queued = False
             self.hold(admission.pool, -1)
 
-    def admit(self) -> Admission:
-        """Admit one request to the device with the least work, counted in its queue; or
-        `ServerBusy` when even that device's queue is full.
+    def admit(self, *, queued: bool = True) -> Admission:
+        """Admit one request to the device with the least work, counted in its queue (with
+        ``queued=False`` only once `enqueue` says its body has arrived); or `ServerBusy` when
+        even that device's queue is full.
 
         The one admission decision a request gets: `run`, the dynamic batcher and the inline
         path take the `Admission` and never check again.
@@ -243,8 +250,17 @@ class ComputeExecutor:
                 "requests are queued; retry later",
                 retry_after=self.retry_after_s,
             )
-        self.hold(pool)
-        return Admission(pool)
+        admission = Admission(pool, queued=False)
+        if queued:
+            self.enqueue(admission)
+        return admission
+
+    def enqueue(self, admission: Admission) -> None:
+        """Count an admitted request in its device's queue (its body has arrived); never
+        refuses: the request was admitted."""
+        if not (admission.queued or admission.left):
+            admission.queued = True
+            self.hold(admission.pool)
 
     def hold(self, pool: DevicePool, count: int = 1) -> None:
         """Count requests as waiting for ``pool`` (queue gauge, admission); `hold(pool, -1)`

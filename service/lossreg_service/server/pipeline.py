@@ -62,10 +62,18 @@ class DataPlane:
         return self.scheduler.executor
 
     @contextlib.contextmanager
-    def admitted(self) -> Iterator[Admission]:
-        """Admit one request (503 when its device's queue is full) for the block's duration."""
-        with self.executor.admitted() as admission:
+    def admitted(self, *, body_to_read: bool = False) -> Iterator[Admission]:
+        """Admit one request (503 when its device's queue is full) for the block's duration;
+        with ``body_to_read`` it joins the queue only once `read_body` has its body."""
+        with self.executor.admitted(queued=not body_to_read) as admission:
             yield admission
+
+    async def read_body(self, request: Request, admission: Admission) -> bytearray:
+        """The admitted request's body (at most ``LOSSREG_MAX_REQUEST_BYTES``); from now on it
+        counts in its device's queue (an upload holds no place there: see `Admission`)."""
+        body = await read_body(request, self.settings.max_request_bytes)
+        self.executor.enqueue(admission)
+        return body
 
 
 def _version(loss: Loss) -> str:
@@ -161,8 +169,8 @@ async def run_inference(request: Request, loss: Loss) -> Response:
     send the JSON (+ binary) answer."""
     plane = dataplane(request.app)
     settings = plane.settings
-    with observe(plane.statistics, loss) as times, plane.admitted() as admission:
-        body = await read_body(request, settings.max_request_bytes)
+    with observe(plane.statistics, loss) as times, plane.admitted(body_to_read=True) as admission:
+        body = await plane.read_body(request, admission)
         header_length = request.headers.get(HEADER_LENGTH)
         shm = regions(request.app)
         chunks, length = await infer(

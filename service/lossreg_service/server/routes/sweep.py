@@ -13,7 +13,7 @@ from lossreg.protocol import Buffer, ErrorResponse
 from lossreg.protocol.sweep import MAX_SWEEP_POINTS, SweepRequest, SweepResponse
 
 from ..auth import require_api_key
-from ..body import encoded_response, read_body
+from ..body import encoded_response
 from ..jsonapi import decode_inputs, validate_body
 from ..openapi import request_body
 from ..pipeline import dataplane, observe, resolve_loss
@@ -48,8 +48,8 @@ async def sweep(name: str, request: Request) -> Response:
     loss = await resolve_loss(request, name)
     plane = dataplane(request.app)
     settings = plane.settings
-    with observe(plane.statistics, loss) as times, plane.admitted() as admission:
-        body = await read_body(request, settings.max_request_bytes)
+    with observe(plane.statistics, loss) as times, plane.admitted(body_to_read=True) as admission:
+        body = await plane.read_body(request, admission)
 
         def work(device: Any) -> list[Buffer]:
             started = time.perf_counter_ns()

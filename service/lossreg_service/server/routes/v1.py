@@ -28,7 +28,7 @@ from lossreg.protocol import (
 from ...engine import Term
 from ...registry import Loss, LossRegistry
 from ..auth import require_api_key
-from ..body import encoded_response, read_body
+from ..body import encoded_response
 from ..catalog import spec_response
 from ..dataplane import Computation, Result, compute
 from ..deps import RegistryDep
@@ -109,8 +109,8 @@ async def evaluate(name: str, request: Request) -> Response:
         }
         return [orjson.dumps(out, option=_JSON)]
 
-    with observe(plane.statistics, loss) as times, plane.admitted() as admission:
-        body = await read_body(request, settings.max_request_bytes)
+    with observe(plane.statistics, loss) as times, plane.admitted(body_to_read=True) as admission:
+        body = await plane.read_body(request, admission)
         chunks = await infer(
             plane, loss, decode, encode, size=len(body), times=times, admission=admission
         )
@@ -152,8 +152,11 @@ async def compose(request: Request, registry: RegistryDep) -> Response:
     plane = dataplane(request.app)
     settings = plane.settings
 
-    with observe_losses(plane.statistics, []) as observed, plane.admitted() as admission:
-        body = await read_body(request, settings.max_request_bytes)
+    with (
+        observe_losses(plane.statistics, []) as observed,
+        plane.admitted(body_to_read=True) as admission,
+    ):
+        body = await plane.read_body(request, admission)
         times = observed.times
 
         def work(device: Any) -> list[Buffer]:
