@@ -6,6 +6,7 @@ pass their own. List-valued settings take JSON (``'["a*", "b"]'``) or a comma-se
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
@@ -14,6 +15,13 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from .registry import LossRegistry
 
 CommaList = Annotated[list[str], NoDecode]
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity mask, e.g. a container's cpuset)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
 
 
 class Settings(BaseSettings):
@@ -54,7 +62,9 @@ class Settings(BaseSettings):
     # -- server ---------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Interface `lossreg serve` binds.")
     port: int = Field(8000, ge=0, le=65535, description="Port `lossreg serve` binds.")
-    workers: int = Field(1, ge=1, description="uvicorn worker processes.")
+    workers: int = Field(
+        0, ge=0, description="uvicorn worker processes; 0: one per CPU core (the affinity mask)."
+    )
     grpc_port: int = Field(
         8001,
         ge=0,
@@ -128,8 +138,8 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(
         0,
         ge=0,
-        description="torch intra-op threads per computation; 0: the CPU cores divided by the "
-        "computations that can run at once (workers x compute_threads), at least 1.",
+        description="torch intra-op threads per computation; 0: every CPU core, so a "
+        "computation that runs alone uses them all (concurrent big ones then share them).",
     )
 
     # -- connections: what bounds a request before it costs (README: "Hostile load") ----------
@@ -176,6 +186,12 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
+
+    @field_validator("workers", mode="after")
+    @classmethod
+    def _resolve_workers(cls, workers: int) -> int:
+        """0 (the default) becomes one worker per core, so every reader sees a real count."""
+        return workers or cpu_cores()
 
     @field_validator("api_keys", mode="after")
     @classmethod

@@ -25,7 +25,7 @@ import lossreg
 import lossreg_service
 from lossreg.protocol.tensors import MAX_DIMS, MAX_ELEMENTS
 from lossreg_service.server import create_app
-from lossreg_service.settings import Settings
+from lossreg_service.settings import Settings, cpu_cores
 
 from ._harness import X, Y, assert_still_serving, binary_body, running
 
@@ -238,12 +238,12 @@ LIMITS: dict[str, tuple[Any, Any, str]] = {
     "max_queue": (64, 1024, "requests waiting per device before 503 + Retry-After"),
     "compute_timeout_s": (60.0, 600.0, "queue wait + compute before 504"),
     "retry_after_s": (1.0, 60.0, "Retry-After sent with 503"),
-    "workers": (1, 1, "uvicorn worker processes"),
+    "workers": (cpu_cores(), cpu_cores(), "uvicorn worker processes (0: one per core)"),
     "compress_min_bytes": (1024, 1 * MIB, "smallest response compressed on request"),
     "batch_max_size": (64, 1024, "requests in one dynamic batch"),
     "batch_max_delay_us": (0, 100_000, "wait for a batch to fill (0: none)"),
     "batch_max_bytes": (64 * 1024, 1 * MIB, "largest request body that is batched"),
-    "intra_op_threads": (0, 64, "torch threads per computation (0: cores / computations)"),
+    "intra_op_threads": (0, 64, "torch threads per computation (0: every core)"),
     "max_header_bytes": (64 * 1024, 1 * MIB, "request line + headers (431)"),
     "max_headers": (100, 1000, "header fields per request (431)"),
     "client_header_timeout_s": (60.0, 120.0, "time to send a request head, then closed"),
