@@ -8,6 +8,7 @@ now and ``VmHWM``, the peak since start (or since `reset_peak`).
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import signal
@@ -26,7 +27,7 @@ import httpx
 
 __all__ = [
     "Server", "default_server", "free_port", "launch", "lossreg_server", "peak_rss",
-    "pytriton_server", "ray_serve_server", "reset_peak", "rss", "tree_pids",
+    "pytriton_server", "ray_serve_server", "reset_peak", "rss", "start_all", "tree_pids",
 ]  # fmt: skip
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -215,6 +216,29 @@ def _wait_workers(server: Server, timeout: float = 90) -> None:
         while time.monotonic() < deadline and ok < 4 * workers:
             ready = client.get(server.url + "/v2/health/ready", headers={"Connection": "close"})
             ok = ok + 1 if ready.status_code == 200 else 0
+
+
+@contextlib.contextmanager
+def start_all(
+    servers: Mapping[str, contextlib.AbstractContextManager[Server] | None],
+) -> Iterator[dict[str, Server]]:
+    """Start several servers at once (their start-ups, Ray's and Triton's tens of seconds,
+    overlap instead of adding up); ``None`` entries are skipped. All stop at exit, and if one
+    fails to start, those already up are stopped before the error goes on."""
+    chosen = {name: cm for name, cm in servers.items() if cm is not None}
+    with contextlib.ExitStack() as stack:
+        with concurrent.futures.ThreadPoolExecutor(max(1, len(chosen))) as pool:
+            futures = {name: pool.submit(cm.__enter__) for name, cm in chosen.items()}
+            concurrent.futures.wait(futures.values())
+        started: dict[str, Server] = {}
+        for name, future in futures.items():
+            if future.exception() is None:
+                started[name] = future.result()
+                stack.push(chosen[name].__exit__)
+        for future in futures.values():
+            if future.exception() is not None:
+                raise future.exception()  # type: ignore[misc]
+        yield started
 
 
 def grpc_target(server: Server) -> str:

@@ -150,21 +150,17 @@ def run_latency(args: argparse.Namespace, results: dict[str, Any], progress: Pro
     latency: dict[str, Any] = {}
     uds = Path(tempfile.mkdtemp(prefix="lossreg-bench-")) / "lossreg.sock"
     progress.update(task, description="latency: starting the servers")
-    with (
-        _procs.lossreg_server(LATENCY_SERVER) as lossreg,
-        _procs.lossreg_server(LATENCY_SERVER, uds=str(uds)) as lossreg_uds,
-        _procs.default_server() as default,
-        _procs.baseline_server() as baseline,
-        _procs.echo_server() as echo,
-        _procs.litserve_server() if have_litserve else _null() as lit,
-        _procs.ray_serve_server() if have_ray else _null() as ray_serve,
-        _procs.pytriton_server() if have_pytriton else _null() as pytriton,
-    ):
-        servers = {"lossreg": lossreg, "lossreg uds": lossreg_uds, "baseline": baseline,
-                   "echo": echo, "default": default}  # fmt: skip
-        for name, peer in (("litserve", lit), ("ray_serve", ray_serve), ("pytriton", pytriton)):
-            if peer is not None:
-                servers[name] = peer
+    with _procs.start_all({
+        "lossreg": _procs.lossreg_server(LATENCY_SERVER),
+        "lossreg uds": _procs.lossreg_server(LATENCY_SERVER, uds=str(uds)),
+        "default": _procs.default_server(),
+        "baseline": _procs.baseline_server(),
+        "echo": _procs.echo_server(),
+        "litserve": _procs.litserve_server() if have_litserve else None,
+        "ray_serve": _procs.ray_serve_server() if have_ray else None,
+        "pytriton": _procs.pytriton_server() if have_pytriton else None,
+    }) as servers:  # fmt: skip
+        baseline = servers["baseline"]
         floor = _cases.time_calls(_cases.make_empty(baseline.url), runs=300, budget_s=5)
         results["floor_ms"] = floor.median_ms
         progress.advance(task)
@@ -210,16 +206,6 @@ def _note_missing_peers(results: dict[str, Any], *have: bool) -> None:
 
 def _entry(timing: _cases.Timing) -> dict[str, Any]:
     return {"median_ms": timing.median_ms, "p90_ms": timing.p90_ms, "runs": len(timing.seconds)}
-
-
-class _null:
-    """A server that is not there (its peer is not installed)."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 # -- concurrency --------------------------------------------------------------------------------
