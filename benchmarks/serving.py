@@ -1,25 +1,29 @@
 """The serving benchmark: lossreg against the in-process limit and the alternatives, in one run.
 
-    python -m benchmarks.serving            # full run (~5 minutes on 2 cores)
-    python -m benchmarks.serving --quick    # < 2 minutes: fewer runs, big JSON payloads capped
+    python -m benchmarks.serving            # full run (~12 minutes on 2 cores)
+    python -m benchmarks.serving --quick    # ~3-6 minutes: fewer runs and sizes, caps
 
-Sections (``--sections``, default all):
+Sections (``--sections``, default all). Each lossreg measure runs against the ``default``
+server (``lossreg serve`` with no settings) and a tuned one:
 
 - ``latency``: sequential value+gradient requests, CE 32x10 ... 4096x1000 float32 and a Dice
-  16x1x256x256 batch, through the engine in-process (the limit), lossreg's Python client,
-  ``tritonclient.http``, ``tritonclient.grpc``, system shared memory, lossreg's JSON API, a
-  hand-written FastAPI endpoint with pydantic nested lists, and LitServe (if installed); plus
-  the empty-endpoint floor. Every method's gradient is checked against the in-process one
-  before it is timed.
+  16x1x256x256 batch, through the engine in-process (the limit), lossreg's Python client and
+  ``tritonclient.http`` (default and tuned servers), ``tritonclient.grpc``, system shared
+  memory, lossreg's JSON API, and the peers: a hand-written FastAPI endpoint with pydantic
+  nested lists, LitServe, Ray Serve and PyTriton (those installed); plus the empty-endpoint
+  floor. Every method's gradient is checked against the in-process one before it is timed.
 - ``concurrency``: CE 32x10 over 1, 4 and 16 keep-alive connections (wrk, or a multi-process
-  raw-socket generator), with dynamic batching on and off, and the empty endpoint; the same
-  servers over gRPC, 1, 4 and 16 concurrent streams of ``tritonclient.grpc.aio``.
+  raw-socket generator): the empty endpoint, the default server (and with the access log
+  off), the tuned one with dynamic batching on and off, the peers; the default and tuned
+  servers over gRPC too, 1, 4 and 16 concurrent streams of ``tritonclient.grpc.aio``.
 - ``memory``: the server's peak RSS per in-flight 16 MB request, and RSS after 100 vs 10,000
-  requests.
+  requests, for the tuned (one worker) and the default server.
+- ``scaling``: latency, server time and the raw TCP floor against payload size, 1 KB-64 MB.
 - ``gpu`` (only with a CUDA device): 256 concurrent CE 32x10 connections against a server on
   the GPU with and without dynamic batching (vmapped on CUDA), and sequential latency there.
 
-Writes the tables to stdout, all numbers to ``--json`` and latency vs size to ``--plot``.
+Writes the tables to stdout, all numbers to ``--json``, the README-format tables beside it
+(``.md``), latency vs size to ``--plot`` and the scaling curve to ``scaling.png`` beside the JSON.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ ACCESS_LOG_OFF = {"LOSSREG_ACCESS_LOG": "false"}
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.serving", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="< 2 minutes: fewer runs, caps")
+    parser.add_argument("--quick", action="store_true", help="fewer runs and sizes, caps")
     parser.add_argument(
         "--sections",
         default="latency,concurrency,memory,scaling,gpu",
@@ -212,7 +216,7 @@ def _entry(timing: _cases.Timing) -> dict[str, Any]:
 
 
 def run_concurrency(args: argparse.Namespace, results: dict[str, Any], progress: Progress) -> None:
-    connections = [1, 4, 16]
+    connections = [16] if args.quick else [1, 4, 16]  # --quick checks the section runs
     seconds = 2.0 if args.quick else 5.0
     case = _cases.CASES["ce32"]()
     body, length = _cases.kserve_body(case)
