@@ -123,7 +123,8 @@ def save_plot(results: dict[str, Any], path: Path) -> bool:
     ax.set_yscale("log")
     ax.set_xlabel("request tensors (MB)")
     ax.set_ylabel("median ms per request")
-    ax.set_title("CE value + gradient: latency and server time vs payload (1 KB - 64 MB)")
+    span = f"{points[0]['kb']} KB - {points[-1]['kb'] // 1024} MB" if points else ""
+    ax.set_title(f"CE value + gradient: latency and server time vs payload ({span})")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     path.parent.mkdir(parents=True, exist_ok=True)

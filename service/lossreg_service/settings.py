@@ -7,6 +7,7 @@ pass their own. List-valued settings take JSON (``'["a*", "b"]'``) or a comma-se
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
@@ -17,11 +18,21 @@ from .registry import LossRegistry
 CommaList = Annotated[list[str], NoDecode]
 
 
+CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+"""cgroup v2's CPU quota (``"200000 100000"``: 2 cores' time; ``"max 100000"``: none)."""
+
+
 def cpu_cores() -> int:
-    """The cores this process may run on (its affinity mask, e.g. a container's cpuset)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0)) or 1
-    return os.cpu_count() or 1
+    """The cores this process may use: its affinity mask (a container's cpuset), or fewer
+    when a cgroup CPU quota (a Kubernetes CPU limit) allows less time, rounded up."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        quota, period = CPU_MAX.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores or 1, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores or 1)
 
 
 class Settings(BaseSettings):

@@ -4,16 +4,19 @@ start-up objects frozen out of the collector's sight once per process."""
 from __future__ import annotations
 
 import gc
+from pathlib import Path
 
 import pytest
 
+from lossreg_service import settings
 from lossreg_service.server.tuning import _freeze_startup_objects, intra_op_threads
 from lossreg_service.settings import Settings, cpu_cores
 
 
 @pytest.fixture
-def sixteen_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+def sixteen_cores(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr(settings, "CPU_MAX", tmp_path / "no-cgroup")
     monkeypatch.delenv("LOSSREG_WORKERS", raising=False)
     monkeypatch.delenv("LOSSREG_INTRA_OP_THREADS", raising=False)
 
@@ -28,6 +31,18 @@ def test_workers_default_to_one_per_core_and_an_explicit_count_wins(
     assert Settings(workers=3).workers == 3
     monkeypatch.setenv("LOSSREG_WORKERS", "5")
     assert Settings().workers == 5
+
+
+@pytest.mark.usefixtures("sixteen_cores")
+@pytest.mark.parametrize(
+    ("cpu_max", "cores"),
+    [("200000 100000", 2), ("250000 100000", 3), ("max 100000", 16), ("3200000 100000", 16)],
+)
+def test_a_cgroup_cpu_quota_caps_the_cores(cpu_max: str, cores: int) -> None:
+    """A container limited to 2.5 CPUs' time on a 16-core host: 3 workers, not 16."""
+    settings.CPU_MAX.write_text(cpu_max + "\n")
+    assert cpu_cores() == cores
+    assert Settings().workers == cores
 
 
 @pytest.mark.usefixtures("sixteen_cores")
