@@ -134,12 +134,14 @@ def launch(
     clean_env: bool = False,
     log: Path | None = None,
     ready_exact: bool = False,
+    leader_only: bool = False,
 ) -> Iterator[Server]:
     """Start ``argv`` (a server listening on ``port``), wait for ``ready_path``, stop at exit.
 
     ``clean_env`` drops the caller's ``LOSSREG_*`` variables (a server with no settings);
     ``log`` takes the server's stdout and stderr (its access log); ``ready_exact`` waits for a
-    200, not any answer under 500."""
+    200, not any answer under 500; ``leader_only`` stops the server by its main process alone,
+    so it can stop its helpers in order (PyTriton's shared-memory store, Ray's actors)."""
     base = {k: v for k, v in os.environ.items() if not (clean_env and k.startswith("LOSSREG_"))}
     full_env = {**base, "PYTHONUNBUFFERED": "1", **(env or {})}
     out = log.open("ab") if log else None
@@ -153,12 +155,17 @@ def launch(
         yield server
     finally:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
+            if leader_only:
+                process.terminate()
+            else:
+                os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # what the leader left behind
         if out:
             out.close()
 
@@ -275,7 +282,7 @@ def ray_serve_server() -> contextlib.AbstractContextManager[Server]:
     """Ray Serve with a FastAPI ingress taking raw bytes (``ray[serve]``)."""
     port = free_port()
     argv = [sys.executable, "-m", "benchmarks.apps.ray_serve_app", str(port)]
-    return _quiet("ray serve", argv, port, "/ce?shape=0", timeout=180)
+    return _quiet("ray serve", argv, port, "/ce?shape=0", timeout=180, leader_only=True)
 
 
 def pytriton_server() -> contextlib.AbstractContextManager[Server]:
@@ -290,7 +297,7 @@ def pytriton_server() -> contextlib.AbstractContextManager[Server]:
     paths = [libdir, os.environ.get("LD_LIBRARY_PATH", "")]
     env = {"LD_LIBRARY_PATH": ":".join(p for p in paths if p)}
     return _quiet("pytriton", argv, http, "/v2/models/dice/ready", env=env, timeout=180,
-                  ready_exact=True)  # fmt: skip
+                  ready_exact=True, leader_only=True)  # fmt: skip
 
 
 def echo_server() -> contextlib.AbstractContextManager[Server]:
