@@ -249,7 +249,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelConfig(self, request: Any, context: Any) -> pb.ModelConfigResponse:
         async def answer() -> pb.ModelConfigResponse:
-            config = model_config(await self._spec(request.name, request.version), self.state.settings)
+            config = model_config(
+                await self._spec(request.name, request.version), self.state.settings
+            )
             response = pb.ModelConfigResponse()
             to_message(config, response.config)
             return response
