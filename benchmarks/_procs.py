@@ -285,11 +285,39 @@ def ray_serve_server() -> contextlib.AbstractContextManager[Server]:
     return _quiet("ray serve", argv, port, "/ce?shape=0", timeout=180, leader_only=True)
 
 
-def pytriton_server() -> contextlib.AbstractContextManager[Server]:
+def _mapped_shm(pids: list[int]) -> set[Path]:
+    """The ``/dev/shm`` files these processes have mapped."""
+    found = set()
+    for pid in pids:
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+        except OSError:
+            continue
+        for line in maps.splitlines():
+            path = line.split(maxsplit=5)[-1]
+            if path.startswith("/dev/shm/"):
+                found.add(Path(path.removesuffix(" (deleted)")))
+    return found
+
+
+@contextlib.contextmanager
+def pytriton_server() -> Iterator[Server]:
     """PyTriton: Triton's server with a Python callable and dynamic batching.
 
     Triton's Python stub links the system's libpython of the same minor version; the
-    interpreter's own library directory comes first so both sides are one Python build."""
+    interpreter's own library directory comes first so both sides are one Python build.
+    PyTriton leaves its tensor store's shared-memory blocks behind when it stops: those its
+    processes had mapped are removed after it."""
+    with _pytriton() as server:
+        try:
+            yield server
+        finally:
+            leftovers = _mapped_shm(tree_pids(server.pid))
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+
+
+def _pytriton() -> contextlib.AbstractContextManager[Server]:
     http, grpc, metrics = free_port(), free_port(), free_port()
     app = "benchmarks.apps.pytriton_app"
     argv = [sys.executable, "-m", app, str(http), str(grpc), str(metrics)]
