@@ -1,7 +1,7 @@
 """The serving benchmark: lossreg against the in-process limit and the alternatives, in one run.
 
-    python -m benchmarks.serving            # full run (~12 minutes on 2 cores)
-    python -m benchmarks.serving --quick    # ~3-6 minutes: fewer runs and sizes, caps
+    python -m benchmarks.serving            # full run (8 minutes on 2 busy cores)
+    python -m benchmarks.serving --quick    # ~4 minutes: fewer runs and sizes, caps
 
 Sections (``--sections``, default all). Each lossreg measure runs against the ``default``
 server (``lossreg serve`` with no settings) and a tuned one:
