@@ -8,20 +8,27 @@ now and ``VmHWM``, the peak since start (or since `reset_peak`).
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import sysconfig
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-__all__ = ["Server", "free_port", "launch", "lossreg_server", "peak_rss", "reset_peak", "rss"]
+__all__ = [
+    "Server", "default_server", "free_port", "launch", "lossreg_server", "peak_rss",
+    "pytriton_server", "ray_serve_server", "reset_peak", "rss", "start_all", "tree_pids",
+]  # fmt: skip
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,7 +81,21 @@ def reset_peak(pid: int) -> bool:
         return False
 
 
-def _wait_ready(server: Server, path: str | None, timeout: float) -> None:
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and every process below it (a supervisor and its workers)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+    return found
+
+
+def _wait_ready(server: Server, path: str | None, timeout: float, exact: bool = False) -> None:
     deadline = time.monotonic() + timeout
     if path is None:  # not HTTP: wait until it accepts connections
         port = int(server.url.rsplit(":", 1)[1])
@@ -91,7 +112,8 @@ def _wait_ready(server: Server, path: str | None, timeout: float) -> None:
             if server.process.poll() is not None:
                 raise RuntimeError(f"{server.name} exited with {server.process.returncode}")
             try:
-                if client.get(server.url + path).status_code < 500:
+                status = client.get(server.url + path).status_code
+                if status == 200 or (status < 500 and not exact):
                     return
             except httpx.TransportError:
                 pass
@@ -109,24 +131,43 @@ def launch(
     env: Mapping[str, str] | None = None,
     uds: str | None = None,
     timeout: float = 90.0,
+    clean_env: bool = False,
+    log: Path | None = None,
+    ready_exact: bool = False,
+    leader_only: bool = False,
 ) -> Iterator[Server]:
-    """Start ``argv`` (a server listening on ``port``), wait for ``ready_path``, stop at exit."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    """Start ``argv`` (a server listening on ``port``), wait for ``ready_path``, stop at exit.
+
+    ``clean_env`` drops the caller's ``LOSSREG_*`` variables (a server with no settings);
+    ``log`` takes the server's stdout and stderr (its access log); ``ready_exact`` waits for a
+    200, not any answer under 500; ``leader_only`` stops the server by its main process alone,
+    so it can stop its helpers in order (PyTriton's shared-memory store, Ray's actors)."""
+    base = {k: v for k, v in os.environ.items() if not (clean_env and k.startswith("LOSSREG_"))}
+    full_env = {**base, "PYTHONUNBUFFERED": "1", **(env or {})}
+    out = log.open("ab") if log else None
     process = subprocess.Popen(
-        argv, cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL, start_new_session=True
-    )
+        argv, cwd=ROOT, env=full_env, stdout=out or subprocess.DEVNULL,
+        stderr=out, start_new_session=True,
+    )  # fmt: skip
     server = Server(name, f"http://127.0.0.1:{port}", process, uds=uds, env=dict(env or {}))
     try:
-        _wait_ready(server, ready_path, timeout)
+        _wait_ready(server, ready_path, timeout, ready_exact)
         yield server
     finally:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
+            if leader_only:
+                process.terminate()
+            else:
+                os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # what the leader left behind
+        if out:
+            out.close()
 
 
 def uvicorn_argv(
@@ -154,6 +195,59 @@ def lossreg_server(
     return launch("lossreg", argv, port=port, ready_path="/v2/health/ready", env=env, uds=uds)
 
 
+@contextlib.contextmanager
+def default_server(settings: Mapping[str, str] | None = None) -> Iterator[Server]:
+    """``lossreg serve`` exactly as the README starts it, with no ``LOSSREG_*`` settings (only
+    its ports, as flags, so servers run side by side; ``settings`` for the variants that
+    change one); its output (the access log) goes to a file, as a container's would."""
+    port, grpc_port = free_port(), free_port()
+    lossreg = str(Path(sys.executable).with_name("lossreg"))
+    argv = [lossreg, "serve", "--port", str(port), "--grpc-port", str(grpc_port)]
+    with tempfile.TemporaryDirectory(prefix="lossreg-bench-") as tmp:
+        log = Path(tmp, "serve.log")
+        with launch("lossreg serve", argv, port=port, ready_path="/v2/health/ready",
+                    env=settings, clean_env=True, log=log) as server:  # fmt: skip
+            server.env["LOSSREG_GRPC_PORT"] = str(grpc_port)
+            _wait_workers(server)
+            yield server
+
+
+def _wait_workers(server: Server, timeout: float = 90) -> None:
+    """Until every worker of a multi-worker server has loaded (each answers readiness)."""
+    deadline = time.monotonic() + timeout
+    workers = int(server.env.get("LOSSREG_WORKERS", "0")) or len(os.sched_getaffinity(0))
+    while time.monotonic() < deadline and len(tree_pids(server.pid)) < 1 + workers:
+        time.sleep(0.2)
+    with httpx.Client(timeout=5) as client:  # new connections land on each worker in turn
+        ok = 0
+        while time.monotonic() < deadline and ok < 4 * workers:
+            ready = client.get(server.url + "/v2/health/ready", headers={"Connection": "close"})
+            ok = ok + 1 if ready.status_code == 200 else 0
+
+
+@contextlib.contextmanager
+def start_all(
+    servers: Mapping[str, contextlib.AbstractContextManager[Server] | None],
+) -> Iterator[dict[str, Server]]:
+    """Start several servers at once (their start-ups, Ray's and Triton's tens of seconds,
+    overlap instead of adding up); ``None`` entries are skipped. All stop at exit, and if one
+    fails to start, those already up are stopped before the error goes on."""
+    chosen = {name: cm for name, cm in servers.items() if cm is not None}
+    with contextlib.ExitStack() as stack:
+        with concurrent.futures.ThreadPoolExecutor(max(1, len(chosen))) as pool:
+            futures = {name: pool.submit(cm.__enter__) for name, cm in chosen.items()}
+            concurrent.futures.wait(futures.values())
+        started: dict[str, Server] = {}
+        for name, future in futures.items():
+            if future.exception() is None:
+                started[name] = future.result()
+                stack.push(chosen[name].__exit__)
+        for future in futures.values():
+            if future.exception() is not None:
+                raise future.exception()  # type: ignore[misc]
+        yield started
+
+
 def grpc_target(server: Server) -> str:
     """``host:port`` of a lossreg server's gRPC service."""
     return f"127.0.0.1:{server.env['LOSSREG_GRPC_PORT']}"
@@ -171,6 +265,67 @@ def litserve_server() -> contextlib.AbstractContextManager[Server]:
     port = free_port()
     argv = [sys.executable, "-m", "benchmarks.apps.litserve_app", str(port)]
     return launch("litserve", argv, port=port, ready_path="/health", timeout=120)
+
+
+@contextlib.contextmanager
+def _quiet(
+    name: str, argv: list[str], port: int, ready_path: str, **options: Any
+) -> Iterator[Server]:
+    """`launch` with the server's chatty output (Ray's, Triton's) in a file, not the console."""
+    with tempfile.TemporaryDirectory(prefix="lossreg-bench-") as tmp:
+        log = Path(tmp, f"{name.replace(' ', '-')}.log")
+        with launch(name, argv, port=port, ready_path=ready_path, log=log, **options) as server:
+            yield server
+
+
+def ray_serve_server() -> contextlib.AbstractContextManager[Server]:
+    """Ray Serve with a FastAPI ingress taking raw bytes (``ray[serve]``)."""
+    port = free_port()
+    argv = [sys.executable, "-m", "benchmarks.apps.ray_serve_app", str(port)]
+    return _quiet("ray serve", argv, port, "/ce?shape=0", timeout=180, leader_only=True)
+
+
+def _mapped_shm(pids: list[int]) -> set[Path]:
+    """The ``/dev/shm`` files these processes have mapped."""
+    found = set()
+    for pid in pids:
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+        except OSError:
+            continue
+        for line in maps.splitlines():
+            path = line.split(maxsplit=5)[-1]
+            if path.startswith("/dev/shm/"):
+                found.add(Path(path.removesuffix(" (deleted)")))
+    return found
+
+
+@contextlib.contextmanager
+def pytriton_server() -> Iterator[Server]:
+    """PyTriton: Triton's server with a Python callable and dynamic batching.
+
+    Triton's Python stub links the system's libpython of the same minor version; the
+    interpreter's own library directory comes first so both sides are one Python build.
+    PyTriton leaves its tensor store's shared-memory blocks behind when it stops: those its
+    processes had mapped are removed after it."""
+    with _pytriton() as server:
+        try:
+            yield server
+        finally:
+            leftovers = _mapped_shm(tree_pids(server.pid))
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+
+
+def _pytriton() -> contextlib.AbstractContextManager[Server]:
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    app = "benchmarks.apps.pytriton_app"
+    argv = [sys.executable, "-m", app, str(http), str(grpc), str(metrics)]
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    paths = [libdir, os.environ.get("LD_LIBRARY_PATH", "")]
+    env = {"LD_LIBRARY_PATH": ":".join(p for p in paths if p)}
+    return _quiet("pytriton", argv, http, "/v2/models/dice/ready", env=env, timeout=180,
+                  ready_exact=True, leader_only=True)  # fmt: skip
 
 
 def echo_server() -> contextlib.AbstractContextManager[Server]:

@@ -15,6 +15,8 @@ __all__ = ["print_tables", "save_json", "save_plot"]
 LABELS = {
     "inprocess": "in-process",
     "tcp_floor": "raw TCP floor",
+    "default": "default: tritonclient",
+    "default_client": "default: lossreg client",
     "client": "lossreg client",
     "uds": "client, unix socket",
     "shm": "lossreg shm",
@@ -23,7 +25,11 @@ LABELS = {
     "json_api": "lossreg JSON",
     "baseline": "FastAPI+pydantic",
     "litserve": "LitServe",
+    "ray_serve": "Ray Serve",
+    "pytriton": "PyTriton",
 }
+"""Columns; ``default*`` are against ``lossreg serve`` with no settings, the rest (of lossreg)
+against the tuned latency server."""
 
 
 def _fmt(ms: float | None) -> str:
@@ -84,13 +90,16 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
         for label, row in results.get("gpu_latency", {}).items():
             console.print(f"GPU {label}: in-process {_fmt(row['inprocess_ms'])} ms, "
                           f"client {_fmt(row['client_ms'])} ms")  # fmt: skip
-    memory = results.get("memory")
+    memory, default = results.get("memory"), results.get("memory_default", {})
     if memory:
-        table = Table(title="Server memory (RSS)")
+        table = Table(title="Server memory (RSS, summed over the server's processes)")
         table.add_column("measure")
-        table.add_column("value", justify="right")
+        table.add_column("tuned (1 worker)", justify="right")
+        table.add_column("default", justify="right")
         for key, value in memory.items():
-            table.add_row(key, f"{value:.1f}" if isinstance(value, float) else str(value))
+            other = default.get(key, "-")
+            table.add_row(key, *(f"{v:.1f}" if isinstance(v, float) else str(v)
+                                 for v in (value, other)))  # fmt: skip
         console.print(table)
     targets = results.get("targets", [])
     if targets:

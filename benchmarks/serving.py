@@ -1,25 +1,29 @@
 """The serving benchmark: lossreg against the in-process limit and the alternatives, in one run.
 
-    python -m benchmarks.serving            # full run (~5 minutes on 2 cores)
-    python -m benchmarks.serving --quick    # < 2 minutes: fewer runs, big JSON payloads capped
+    python -m benchmarks.serving            # full run (8 minutes on 2 busy cores)
+    python -m benchmarks.serving --quick    # ~4 minutes: fewer runs and sizes, caps
 
-Sections (``--sections``, default all):
+Sections (``--sections``, default all). Each lossreg measure runs against the ``default``
+server (``lossreg serve`` with no settings) and a tuned one:
 
 - ``latency``: sequential value+gradient requests, CE 32x10 ... 4096x1000 float32 and a Dice
-  16x1x256x256 batch, through the engine in-process (the limit), lossreg's Python client,
-  ``tritonclient.http``, ``tritonclient.grpc``, system shared memory, lossreg's JSON API, a
-  hand-written FastAPI endpoint with pydantic nested lists, and LitServe (if installed); plus
-  the empty-endpoint floor. Every method's gradient is checked against the in-process one
-  before it is timed.
+  16x1x256x256 batch, through the engine in-process (the limit), lossreg's Python client and
+  ``tritonclient.http`` (default and tuned servers), ``tritonclient.grpc``, system shared
+  memory, lossreg's JSON API, and the peers: a hand-written FastAPI endpoint with pydantic
+  nested lists, LitServe, Ray Serve and PyTriton (those installed); plus the empty-endpoint
+  floor. Every method's gradient is checked against the in-process one before it is timed.
 - ``concurrency``: CE 32x10 over 1, 4 and 16 keep-alive connections (wrk, or a multi-process
-  raw-socket generator), with dynamic batching on and off, and the empty endpoint; the same
-  servers over gRPC, 1, 4 and 16 concurrent streams of ``tritonclient.grpc.aio``.
+  raw-socket generator): the empty endpoint, the default server (and with the access log
+  off), the tuned one with dynamic batching on and off, the peers; the default and tuned
+  servers over gRPC too, 1, 4 and 16 concurrent streams of ``tritonclient.grpc.aio``.
 - ``memory``: the server's peak RSS per in-flight 16 MB request, and RSS after 100 vs 10,000
-  requests.
+  requests, for the tuned (one worker) and the default server.
+- ``scaling``: latency, server time and the raw TCP floor against payload size, 1 KB-64 MB.
 - ``gpu`` (only with a CUDA device): 256 concurrent CE 32x10 connections against a server on
   the GPU with and without dynamic batching (vmapped on CUDA), and sequential latency there.
 
-Writes the tables to stdout, all numbers to ``--json`` and latency vs size to ``--plot``.
+Writes the tables to stdout, all numbers to ``--json``, the README-format tables beside it
+(``.md``), latency vs size to ``--plot`` and the scaling curve to ``scaling.png`` beside the JSON.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from . import _cases, _procs, _report, _targets
+from . import _cases, _markdown, _peers, _procs, _report, _scaling, _targets
 from ._grpc_load import run_grpc_load
 from ._load import have_wrk, run_load
 
@@ -49,18 +53,24 @@ MB = 1024 * 1024
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 BATCHING = {"LOSSREG_BATCH_MAX_SIZE": "64", "LOSSREG_BATCH_MAX_DELAY_US": "0"}
 NO_BATCHING = {"LOSSREG_BATCH_MAX_SIZE": "1"}
-SERVER = {"LOSSREG_ALLOW_CLIENT_SHM": "true", **BATCHING}
-# Sequential requests: one computation at a time, so it may use every core, as in-process does.
-LATENCY_SERVER = {**SERVER, "LOSSREG_INTRA_OP_THREADS": str(CORES)}
+SERVER = {"LOSSREG_ALLOW_CLIENT_SHM": "true", "LOSSREG_ACCESS_LOG": "false",
+          "OMP_WAIT_POLICY": "PASSIVE", **BATCHING}  # fmt: skip
+# The tuned servers, set by hand for each measure (the `default` server is `lossreg serve` with
+# no settings at all: _procs.default_server).
+# Sequential requests: one worker, one computation at a time using every core, as in-process.
+LATENCY_SERVER = {**SERVER, "LOSSREG_WORKERS": "1", "LOSSREG_INTRA_OP_THREADS": str(CORES)}
 # Many connections: a worker process per core (each with its own batcher), a thread per op.
-THROUGHPUT_SERVER = {**SERVER, "LOSSREG_WORKERS": str(CORES)}
+THROUGHPUT_SERVER = {**SERVER, "LOSSREG_WORKERS": str(CORES), "LOSSREG_INTRA_OP_THREADS": "1"}
+ACCESS_LOG_OFF = {"LOSSREG_ACCESS_LOG": "false"}
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.serving", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="< 2 minutes: fewer runs, caps")
+    parser.add_argument("--quick", action="store_true", help="fewer runs and sizes, caps")
     parser.add_argument(
-        "--sections", default="latency,concurrency,memory,gpu", help="comma list of sections"
+        "--sections",
+        default="latency,concurrency,memory,scaling,gpu",
+        help="comma list of sections",
     )
     parser.add_argument("--cases", default="ce32,ce256,ce1k,ce4k,seg", help="payloads to run")
     parser.add_argument("--json", type=Path, default=HERE / "results" / "serving.json")
@@ -99,7 +109,10 @@ def _methods(
     case: _cases.Case, servers: dict[str, _procs.Server]
 ) -> Iterator[tuple[str, Callable[[], _cases.Call]]]:
     lossreg, baseline, lit = servers["lossreg"], servers["baseline"], servers.get("litserve")
+    default = servers["default"]
     yield "tcp_floor", lambda: _cases.make_tcp_floor(case, servers["echo"].url)
+    yield "default", lambda: _cases.make_tritonclient(case, default.url)
+    yield "default_client", lambda: _cases.make_client(case, default.url)
     yield "client", lambda: _cases.make_client(case, lossreg.url)
     yield "uds", lambda: _cases.make_client(case, "http://localhost", transport=_uds(servers))
     if _has_extension(lossreg.url, "system_shared_memory"):
@@ -113,6 +126,10 @@ def _methods(
     yield "baseline", lambda: _cases.make_baseline(case, baseline.url)
     if lit is not None:
         yield "litserve", lambda: _cases.make_litserve(case, lit.url)
+    if "ray_serve" in servers:
+        yield "ray_serve", lambda: _peers.make_ray_serve(case, servers["ray_serve"].url)
+    if "pytriton" in servers:
+        yield "pytriton", lambda: _peers.make_pytriton(case, servers["pytriton"].url)
 
 
 def _has_extension(url: str, extension: str) -> bool:
@@ -130,22 +147,24 @@ def _uds(servers: dict[str, _procs.Server]) -> Any:
 def run_latency(args: argparse.Namespace, results: dict[str, Any], progress: Progress) -> None:
     cases = _cases.cases(args.cases.split(","))
     have_litserve = importlib.util.find_spec("litserve") is not None
-    if not have_litserve:
-        results["notes"].append("LitServe not installed (pip install -e '.[bench]'): skipped")
-    task = progress.add_task("latency", total=len(cases) * (9 + have_litserve) + 1)
+    have_ray, have_pytriton = _peers.have_ray(), _peers.have_pytriton()
+    _note_missing_peers(results, have_litserve, have_ray, have_pytriton)
+    peers = have_litserve + have_ray + have_pytriton
+    task = progress.add_task("latency", total=len(cases) * (11 + peers) + 1)
     latency: dict[str, Any] = {}
     uds = Path(tempfile.mkdtemp(prefix="lossreg-bench-")) / "lossreg.sock"
-    with (
-        _procs.lossreg_server(LATENCY_SERVER) as lossreg,
-        _procs.lossreg_server(LATENCY_SERVER, uds=str(uds)) as lossreg_uds,
-        _procs.baseline_server() as baseline,
-        _procs.echo_server() as echo,
-        _procs.litserve_server() if have_litserve else _null() as lit,
-    ):
-        servers = {"lossreg": lossreg, "lossreg uds": lossreg_uds, "baseline": baseline,
-                   "echo": echo}  # fmt: skip
-        if lit is not None:
-            servers["litserve"] = lit
+    progress.update(task, description="latency: starting the servers")
+    with _procs.start_all({
+        "lossreg": _procs.lossreg_server(LATENCY_SERVER),
+        "lossreg uds": _procs.lossreg_server(LATENCY_SERVER, uds=str(uds)),
+        "default": _procs.default_server(),
+        "baseline": _procs.baseline_server(),
+        "echo": _procs.echo_server(),
+        "litserve": _procs.litserve_server() if have_litserve else None,
+        "ray_serve": _procs.ray_serve_server() if have_ray else None,
+        "pytriton": _procs.pytriton_server() if have_pytriton else None,
+    }) as servers:  # fmt: skip
+        baseline = servers["baseline"]
         floor = _cases.time_calls(_cases.make_empty(baseline.url), runs=300, budget_s=5)
         results["floor_ms"] = floor.median_ms
         progress.advance(task)
@@ -181,61 +200,106 @@ def run_latency(args: argparse.Namespace, results: dict[str, Any], progress: Pro
     results["latency"] = latency
 
 
+def _note_missing_peers(results: dict[str, Any], *have: bool) -> None:
+    installs = ("LitServe (pip install -e '.[bench]')", "Ray Serve (pip install -e '.[bench]')",
+                "PyTriton (pip install nvidia-pytriton)")  # fmt: skip
+    for present, what in zip(have, installs):
+        if not present:
+            results["notes"].append(f"{what} not installed: skipped")
+
+
 def _entry(timing: _cases.Timing) -> dict[str, Any]:
     return {"median_ms": timing.median_ms, "p90_ms": timing.p90_ms, "runs": len(timing.seconds)}
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 # -- concurrency --------------------------------------------------------------------------------
 
 
 def run_concurrency(args: argparse.Namespace, results: dict[str, Any], progress: Progress) -> None:
-    connections = [1, 4, 16]
+    connections = [16] if args.quick else [1, 4, 16]  # --quick checks the section runs
     seconds = 2.0 if args.quick else 5.0
     case = _cases.CASES["ce32"]()
     body, length = _cases.kserve_body(case)
     infer = "/v2/models/cross_entropy/infer"
     rows: list[dict[str, Any]] = []
-    task = progress.add_task("concurrency", total=3 * len(connections))
     if not have_wrk() and args.load_tool != "python":
         results["notes"].append("wrk not found (apt-get install wrk): Python load generator used")
     no_batching = {**THROUGHPUT_SERVER, **NO_BATCHING}
-    plan: list[tuple[str, Any, str, bytes, int | None]] = [
-        ("empty endpoint", lambda: _procs.baseline_server(CORES), "/empty", b"", None),
-        ("lossreg, batching", lambda: _procs.lossreg_server(THROUGHPUT_SERVER), infer, body,
-         length),
-        ("lossreg, no batching", lambda: _procs.lossreg_server(no_batching), infer, body, length),
+    plan: list[tuple[str, Any, str, bytes, int | None, list[int]]] = [
+        ("empty endpoint", lambda: _procs.baseline_server(CORES), "/empty", b"", None,
+         connections),
+        ("default (lossreg serve)", _procs.default_server, infer, body, length, connections),
+        ("default, LOSSREG_ACCESS_LOG=false", lambda: _procs.default_server(ACCESS_LOG_OFF),
+         infer, body, length, [16]),
+        ("tuned, batching", lambda: _procs.lossreg_server(THROUGHPUT_SERVER), infer, body,
+         length, connections),
+        ("tuned, no batching", lambda: _procs.lossreg_server(no_batching), infer, body, length,
+         connections),
+        *_peer_plan(case),
     ]  # fmt: skip
-    for label, start, path, payload, header_length in plan:
+    grpc = ("default (lossreg serve)", "tuned, batching")  # the same servers over gRPC
+    runs = sum(len(n) * (1 + (label in grpc)) for label, *_, n in plan)
+    task = progress.add_task("concurrency", total=runs)
+    for label, start, path, payload, header_length, counts in plan:
+        progress.update(task, description=f"concurrency {label}: starting")
         with start() as server:
-            for n in connections:
+            for n in counts:
                 progress.update(task, description=f"concurrency {label} x{n}")
-                run_load(server.url + path, payload, connections=n, seconds=1,
-                         header_length=header_length, tool=args.load_tool)  # fmt: skip
-                load = run_load(
-                    server.url + path,
-                    payload,
-                    connections=n,
-                    seconds=seconds,
-                    header_length=header_length,
-                    tool=args.load_tool,
-                )
+                content_type = _MULTIPART.get(payload, "application/octet-stream")
+                load = _load_twice(args, server.url + path, payload, n, seconds, header_length,
+                                   content_type)  # fmt: skip
                 rows.append({"server": label, **vars(load), "rps": load.rps})
                 progress.advance(task)
-                if label.startswith("lossreg"):  # the same server over gRPC
+                if label in grpc:
                     progress.update(task, description=f"concurrency {label}, gRPC x{n}")
                     target = _procs.grpc_target(server)
                     run_grpc_load(target, case, streams=n, seconds=1)
                     load = run_grpc_load(target, case, streams=n, seconds=seconds)
                     rows.append({"server": f"{label}, gRPC", **vars(load), "rps": load.rps})
+                    progress.advance(task)
     results["concurrency"] = rows
+
+
+_MULTIPART: dict[bytes, str] = {}
+"""Content types of the multipart bodies built for LitServe (their boundary)."""
+
+
+def _load_twice(
+    args: argparse.Namespace,
+    url: str,
+    body: bytes,
+    n: int,
+    seconds: float,
+    header_length: int | None,
+    content_type: str,
+) -> Any:
+    """A 1 s warm-up run, then the measured one."""
+    run_load(url, body, connections=n, seconds=1, header_length=header_length,
+             content_type=content_type, tool=args.load_tool)  # fmt: skip
+    return run_load(url, body, connections=n, seconds=seconds, header_length=header_length,
+                    content_type=content_type, tool=args.load_tool)  # fmt: skip
+
+
+def _peer_plan(case: _cases.Case) -> list[tuple[str, Any, str, bytes, int | None, list[int]]]:
+    """The installed peers, loaded with 16 connections each."""
+    plan: list[tuple[str, Any, str, bytes, int | None, list[int]]] = []
+    if importlib.util.find_spec("litserve") is not None:
+        import httpx
+
+        files = {n: (n, a.tobytes()) for n, a in case.inputs.items()}
+        shape = ",".join(str(d) for d in case.inputs["input"].shape)
+        request = httpx.Request("POST", "http://peer/predict", files=files,
+                                data={"shape": shape, "loss": case.loss})  # fmt: skip
+        body = request.read()
+        _MULTIPART[body] = request.headers["content-type"]
+        plan.append(("LitServe", _procs.litserve_server, "/predict", body, None, [16]))
+    if _peers.have_ray():
+        path, body, length = _peers.ray_load(case)
+        plan.append(("Ray Serve", _procs.ray_serve_server, path, body, length, [16]))
+    if _peers.have_pytriton():
+        path, body, length = _peers.pytriton_load(case)
+        plan.append(("PyTriton", _procs.pytriton_server, path, body, length, [16]))
+    return plan
 
 
 # -- memory -------------------------------------------------------------------------------------
@@ -255,58 +319,81 @@ def _post(conn: http.client.HTTPConnection, path: str, body: bytes, length: int)
 
 
 def run_memory(args: argparse.Namespace, results: dict[str, Any], progress: Progress) -> None:
+    """The tuned server (one worker: its memory is the process's) and the default one (a
+    supervisor and a worker per core: the sum over every process of the server)."""
+    task = progress.add_task("memory", total=8)
+    with _procs.lossreg_server({**SERVER, "LOSSREG_WORKERS": "1"}) as server:
+        results["memory"] = _memory(server, args, progress, task)
+    with _procs.default_server() as server:
+        results["memory_default"] = _memory(server, args, progress, task)
+
+
+def _memory(
+    server: _procs.Server, args: argparse.Namespace, progress: Progress, task: Any
+) -> dict[str, Any]:
     big = _cases.CASES["ce4k"]()
     big_body, big_length = _cases.kserve_body(big)
     small_body, small_length = _cases.kserve_body(_cases.CASES["ce32"]())
     path = "/v2/models/cross_entropy/infer"
     many = 2000 if args.quick else 10_000
     in_flight = 4
-    task = progress.add_task("memory", total=4)
     memory: dict[str, Any] = {}
-    with _procs.lossreg_server(SERVER) as server:  # one worker: its memory is the server's
-        host, port = server.url.removeprefix("http://").split(":")
-        conn = http.client.HTTPConnection(host, int(port), timeout=120)
+    pids = _procs.tree_pids(server.pid)
+
+    def rss() -> int:
+        return sum(_procs.rss(pid) for pid in pids)
+
+    def peak() -> int:
+        return sum(_procs.peak_rss(pid) for pid in pids)
+
+    def reset() -> None:
+        for pid in pids:
+            _procs.reset_peak(pid)
+
+    host, port = server.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=120)
+    _post(conn, path, small_body, small_length)
+    idle = rss()
+    memory["processes"] = len(pids)
+    memory["idle RSS (MB)"] = idle / MB
+    reset()
+    for _ in range(5):
+        _post(conn, path, big_body, big_length)
+    peak_one = peak() - rss()
+    progress.advance(task)
+    after_one = rss()
+    reset()
+    base = rss()
+
+    def send_big() -> None:
+        c = http.client.HTTPConnection(host, int(port), timeout=120)
+        for _ in range(3):
+            _post(c, path, big_body, big_length)
+        c.close()
+
+    with concurrent.futures.ThreadPoolExecutor(in_flight) as pool:
+        list(pool.map(lambda _: send_big(), range(in_flight)))
+    peak_many = peak() - base
+    progress.advance(task)
+    payload = big.nbytes
+    memory["payload per 16 MB request (MB)"] = payload / MB
+    memory["peak over steady, 1 in flight (MB)"] = (peak_one + after_one - idle) / MB
+    memory[f"peak over steady, {in_flight} in flight (MB)"] = peak_many / MB
+    memory["peak per in-flight request / payload"] = peak_many / in_flight / payload
+    for _ in range(100):
         _post(conn, path, small_body, small_length)
-        idle = _procs.rss(server.pid)
-        memory["idle RSS (MB)"] = idle / MB
-        _procs.reset_peak(server.pid)
-        for _ in range(5):
-            _post(conn, path, big_body, big_length)
-        peak_one = _procs.peak_rss(server.pid) - _procs.rss(server.pid)
-        progress.advance(task)
-        after_one = _procs.rss(server.pid)
-        _procs.reset_peak(server.pid)
-        base = _procs.rss(server.pid)
-
-        def send_big() -> None:
-            c = http.client.HTTPConnection(host, int(port), timeout=120)
-            for _ in range(3):
-                _post(c, path, big_body, big_length)
-            c.close()
-
-        with concurrent.futures.ThreadPoolExecutor(in_flight) as pool:
-            list(pool.map(lambda _: send_big(), range(in_flight)))
-        peak_many = _procs.peak_rss(server.pid) - base
-        progress.advance(task)
-        payload = big.nbytes
-        memory["payload per 16 MB request (MB)"] = payload / MB
-        memory["peak over steady, 1 in flight (MB)"] = (peak_one + after_one - idle) / MB
-        memory[f"peak over steady, {in_flight} in flight (MB)"] = peak_many / MB
-        memory["peak per in-flight request / payload"] = peak_many / in_flight / payload
-        for _ in range(100):
-            _post(conn, path, small_body, small_length)
-        after_100 = _procs.rss(server.pid)
-        progress.advance(task)
-        for _ in range(many - 100):
-            _post(conn, path, small_body, small_length)
-        after_many = _procs.rss(server.pid)
-        progress.advance(task)
-        memory["RSS after 100 small (MB)"] = after_100 / MB
-        memory[f"RSS after {many} small (MB)"] = after_many / MB
-        memory["growth 100 -> many (MB)"] = (after_many - after_100) / MB
-        memory["small requests"] = many
-        conn.close()
-    results["memory"] = memory
+    after_100 = rss()
+    progress.advance(task)
+    for _ in range(many - 100):
+        _post(conn, path, small_body, small_length)
+    after_many = rss()
+    progress.advance(task)
+    memory["RSS after 100 small (MB)"] = after_100 / MB
+    memory[f"RSS after {many} small (MB)"] = after_many / MB
+    memory["growth 100 -> many (MB)"] = (after_many - after_100) / MB
+    memory["small requests"] = many
+    conn.close()
+    return memory
 
 
 # -- gpu ----------------------------------------------------------------------------------------
@@ -366,6 +453,7 @@ def _meta(args: argparse.Namespace) -> dict[str, Any]:
         "load_tool": "wrk" if have_wrk() and args.load_tool != "python" else "python",
         "latency_server": LATENCY_SERVER,
         "throughput_server": THROUGHPUT_SERVER,
+        "default_server": "lossreg serve (no LOSSREG_* settings)",
     }
 
 
@@ -375,7 +463,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {"meta": _meta(args), "notes": []}
     sections = {s.strip() for s in args.sections.split(",") if s.strip()}
     runners = {"latency": run_latency, "concurrency": run_concurrency, "memory": run_memory,
-               "gpu": run_gpu}  # fmt: skip
+               "scaling": _scaling.run_scaling, "gpu": run_gpu}  # fmt: skip
     columns = (
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
     )  # fmt: skip
@@ -387,9 +475,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     _report.print_tables(results, console)
     for note in results["notes"]:
         console.print(f"note: {note}")
+    markdown = _markdown.tables(results)
+    console.print(markdown, markup=False, highlight=False, soft_wrap=True)
     _report.save_json(results, args.json)
+    args.json.with_suffix(".md").write_text(markdown)
     plotted = _report.save_plot(results, args.plot) if "latency" in results else False
-    console.print(f"JSON: {args.json}" + (f", plot: {args.plot}" if plotted else ""))
+    scaled = args.json.with_name("scaling.png")
+    scaled_ok = _scaling.save_plot(results, scaled) if "scaling" in results else False
+    console.print(f"JSON: {args.json}, README tables: {args.json.with_suffix('.md')}"
+                  + (f", plot: {args.plot}" if plotted else "")
+                  + (f", scaling plot: {scaled}" if scaled_ok else ""))  # fmt: skip
     return results
 
 

@@ -6,6 +6,8 @@ pass their own. List-valued settings take JSON (``'["a*", "b"]'``) or a comma-se
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
@@ -14,6 +16,23 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from .registry import LossRegistry
 
 CommaList = Annotated[list[str], NoDecode]
+
+
+CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+"""cgroup v2's CPU quota (``"200000 100000"``: 2 cores' time; ``"max 100000"``: none)."""
+
+
+def cpu_cores() -> int:
+    """The cores this process may use: its affinity mask (a container's cpuset), or fewer
+    when a cgroup CPU quota (a Kubernetes CPU limit) allows less time, rounded up."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        quota, period = CPU_MAX.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores or 1, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores or 1)
 
 
 class Settings(BaseSettings):
@@ -54,7 +73,9 @@ class Settings(BaseSettings):
     # -- server ---------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Interface `lossreg serve` binds.")
     port: int = Field(8000, ge=0, le=65535, description="Port `lossreg serve` binds.")
-    workers: int = Field(1, ge=1, description="uvicorn worker processes.")
+    workers: int = Field(
+        0, ge=0, description="uvicorn worker processes; 0: one per CPU core (the affinity mask)."
+    )
     grpc_port: int = Field(
         8001,
         ge=0,
@@ -135,8 +156,8 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(
         0,
         ge=0,
-        description="torch intra-op threads per computation; 0: the CPU cores divided by the "
-        "computations that can run at once (workers x compute_threads), at least 1.",
+        description="torch intra-op threads per computation; 0: every CPU core, so a "
+        "computation that runs alone uses them all (concurrent big ones then share them).",
     )
 
     # -- connections: what bounds a request before it costs (README: "Hostile load") ----------
@@ -183,6 +204,12 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
+
+    @field_validator("workers", mode="after")
+    @classmethod
+    def _resolve_workers(cls, workers: int) -> int:
+        """0 (the default) becomes one worker per core, so every reader sees a real count."""
+        return workers or cpu_cores()
 
     @field_validator("api_keys", mode="after")
     @classmethod

@@ -27,7 +27,7 @@ import lossreg_service
 from lossreg.errors import InvalidTensor
 from lossreg.protocol.tensors import check_shape
 from lossreg_service.server import create_app
-from lossreg_service.settings import Settings
+from lossreg_service.settings import Settings, cpu_cores
 from tests.support.readme import documented_defaults, parse_default, tables
 
 from ._harness import X, Y, assert_still_serving, binary_body, running
@@ -241,13 +241,13 @@ LIMITS: dict[str, tuple[Any, str]] = {
     "max_queue": (1024, "requests waiting per device before 503 + Retry-After"),
     "compute_timeout_s": (600.0, "queue wait + compute before 504"),
     "retry_after_s": (60.0, "Retry-After sent with 503"),
-    "workers": (1, "uvicorn worker processes"),
+    "workers": (cpu_cores(), "uvicorn worker processes (0: one per core)"),
     "compress_min_bytes": (1 * MIB, "smallest response compressed on request"),
     "batch_max_size": (1024, "requests in one dynamic batch"),
     "batch_max_delay_us": (100_000, "wait for a batch to fill (0: none)"),
     "batch_max_bytes": (1 * MIB, "largest request body that is batched"),
     "inline_max_bytes": (1 * MIB, "largest first-party computation on the event loop"),
-    "intra_op_threads": (64, "torch threads per computation (0: cores / computations)"),
+    "intra_op_threads": (64, "torch threads per computation (0: every core)"),
     "max_header_bytes": (1 * MIB, "request line + headers (431)"),
     "max_headers": (1000, "header fields per request (431)"),
     "client_header_timeout_s": (120.0, "time to send a request head, then closed"),
@@ -264,10 +264,11 @@ def test_every_limit_has_a_documented_safe_default() -> None:
     defaults = Settings()
     readme = documented_defaults()
     for name, (ceiling, _) in LIMITS.items():
-        value = getattr(defaults, name)
+        value = getattr(defaults, name)  # as resolved (workers: 0 becomes the core count)
+        declared = Settings.model_fields[name].default
         documented = readme.get(f"LOSSREG_{name.upper()}")
         assert documented, f"{name}: the README's tables do not give its default"
-        assert all(d == value for d in documented), f"{name}: {value}, the README says {documented}"
+        assert all(d == declared for d in documented), f"{name}: {declared}, README: {documented}"
         low = 0 if value == 0 else 1  # a documented 0 means "none" or "automatic"
         assert low <= value <= ceiling, f"{name}: default {value} is not a safe limit"
     undocumented = [

@@ -193,19 +193,6 @@ def test_a_full_queue_is_refused_and_a_slow_batch_times_out() -> None:
     assert all(isinstance(r, (ServerBusy, ComputeTimeout)) for r in results)
 
 
-def test_intra_op_threads_share_the_cores_among_concurrent_computations(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from lossreg_service.server.tuning import intra_op_threads
-    from lossreg_service.settings import Settings
-
-    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)), raising=False)
-    assert intra_op_threads(Settings(workers=2, compute_threads=2)) == 4
-    assert intra_op_threads(Settings(workers=1, compute_threads=2)) == 8
-    assert intra_op_threads(Settings(workers=4, compute_threads=8)) == 1  # never below one
-    assert intra_op_threads(Settings(intra_op_threads=3)) == 3  # an explicit setting wins
-
-
 @pytest.mark.parametrize("vmap", [False, True])
 def test_a_non_scalar_batch_without_grad_loss_is_refused_per_request(
     registry: LossRegistry, vmap: bool

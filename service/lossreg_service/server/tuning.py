@@ -1,7 +1,7 @@
 """Process-wide tuning, applied once when the server starts (`configure_compute`).
 
-- torch's intra-op threads: by default the cores shared by the computations that can run at
-  once, so threads never outnumber cores;
+- torch's intra-op threads: by default every core, so a computation that runs alone (the
+  common case: a request at a time per worker) is as fast as in-process;
 - freed tensor memory stays mapped for the next request (glibc);
 - autograd is warmed up, and what start-up built is frozen out of the garbage collector's
   sight;
@@ -13,11 +13,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
-import os
 
 import torch
 
-from ..settings import Settings
+from ..settings import Settings, cpu_cores
 from .batcher import DynamicBatcher
 from .executor import ComputeExecutor
 
@@ -41,12 +40,14 @@ def configure_compute(executor: ComputeExecutor, settings: Settings) -> DynamicB
 
 
 def intra_op_threads(settings: Settings) -> int:
-    """``intra_op_threads``, or by default the cores shared by the computations that can run
-    at once: more threads than cores makes OpenMP spin-wait, and small ops pay for it most."""
-    if settings.intra_op_threads:
-        return settings.intra_op_threads
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) // (settings.workers * settings.compute_threads))
+    """``intra_op_threads``, or by default every core.
+
+    Dividing the cores among the computations that can run at once (workers x compute
+    threads) left a lone 16 MB request one thread: 2x slower on 2 cores. Small ops stay under
+    torch's grain size and never start the thread pool, so extra threads cost them nothing;
+    only big computations running at the same moment share (oversubscribe) the cores.
+    """
+    return settings.intra_op_threads or cpu_cores()
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
@@ -76,15 +77,11 @@ def _warm_up() -> None:
     torch.autograd.grad(x.sum(), [x], grad_outputs=torch.ones(()))
 
 
-_frozen = False
-
-
 def _freeze_startup_objects() -> None:
     """Move what start-up built (torch, the registry: ~200k objects) out of the collector's
     sight, once per process. Each full collection would otherwise scan them all: ~120 ms
-    stalls, every second or so under load."""
-    global _frozen
-    if not _frozen:
+    stalls, every second or so under load. Whether it happened is the collector's own state
+    (its permanent generation), not a flag of this module."""
+    if gc.get_freeze_count() == 0:
         gc.collect()
         gc.freeze()
-        _frozen = True
