@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,9 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from lossreg import AsyncClient, Client, ComposeTerm, _retry, errors
-from lossreg_service.registry import LossRegistry
 from lossreg_service.settings import Settings
 from tests.support.loss_cases import CASES, make_case, reference
+from tests.support.losses import SlowSettings
 from tests.support.server import serve
 
 
@@ -200,19 +199,6 @@ def test_api_keys() -> None:
         with Client(url, api_key="k1") as client:
             result = client.evaluate("mse_loss", torch.ones(3), torch.zeros(3))
             assert result.item() == 1.0
-
-
-def slow_loss(input: torch.Tensor, *, seconds: float = 0.0) -> torch.Tensor:
-    """Sleeps, then sums squares: a plugin loss whose duration the test chooses."""
-    time.sleep(seconds)
-    return (input * input).sum()
-
-
-class SlowSettings(Settings):
-    def build_registry(self) -> LossRegistry:
-        registry = super().build_registry()
-        registry.register(slow_loss, "slow_loss", distribution="lossreg-tests")
-        return registry
 
 
 def test_a_busy_server_is_retried_until_every_request_is_served(

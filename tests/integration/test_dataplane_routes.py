@@ -14,11 +14,10 @@ import httpx
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 
-from lossreg_service.registry import LossRegistry
 from lossreg_service.settings import Settings
-from tests.support.server import serve
+from tests.support.losses import SlowSettings
+from tests.support.server import gauge, serve, wait_for_gauge
 
 X = [[0.5, -1.0, 2.0], [1.5, 0.0, -0.5]]
 Y = [[0.0, 1.0, 1.0], [1.0, -1.0, 0.0]]
@@ -109,33 +108,6 @@ def test_a_sweep_counts_as_one_inference_and_one_execution(http: httpx.Client) -
 # -- one admission for every kind of request ---------------------------------------------------
 
 
-def slow_loss(input: Tensor, *, seconds: float = 0.0) -> Tensor:
-    """Sleeps, then sums squares: a plugin loss whose duration the test chooses."""
-    time.sleep(seconds)
-    return (input * input).sum()
-
-
-class SlowSettings(Settings):
-    def build_registry(self) -> LossRegistry:
-        registry = super().build_registry()
-        registry.register(slow_loss, "slow_loss", distribution="lossreg-tests")
-        return registry
-
-
-def _gauge(http: httpx.Client, name: str) -> float:
-    for line in http.get("/metrics").text.splitlines():
-        if line.startswith((name + "{", name + " ")):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
-def _wait_for(http: httpx.Client, name: str, value: float) -> None:
-    deadline = time.monotonic() + 10
-    while _gauge(http, name) != value:
-        assert time.monotonic() < deadline, f"{name} never reached {value}"
-        time.sleep(0.02)
-
-
 def test_compositions_and_sweeps_share_the_one_admission() -> None:
     settings = SlowSettings(
         device="cpu", log_level="warning", compute_threads=1, max_queue=1, retry_after_s=2
@@ -158,10 +130,10 @@ def test_compositions_and_sweeps_share_the_one_admission() -> None:
 
         running = threading.Thread(target=call, args=("running", "/v1/evaluate", slow))
         running.start()
-        _wait_for(http, "lossreg_requests_running", 1)
+        wait_for_gauge(http, "lossreg_requests_running", 1)
         queued = threading.Thread(target=call, args=("queued", "/v1/losses/slow_loss/sweep", sweep))
         queued.start()
-        _wait_for(http, "lossreg_requests_queued", 1)
+        wait_for_gauge(http, "lossreg_requests_queued", 1)
 
         for path, body in (("/v1/evaluate", slow), ("/v1/losses/slow_loss/sweep", sweep)):
             r = http.post(path, json=body)
@@ -212,7 +184,7 @@ def test_uploads_in_progress_hold_no_queue_place() -> None:
             for _ in range(3):
                 r = http.post("/v1/losses/mse_loss/evaluate", content=body)
                 assert r.status_code == 200 and r.json()["loss"] == 5.0, r.text
-            assert _gauge(http, "lossreg_requests_queued") == 0
+            assert gauge(http, "lossreg_requests_queued") == 0
             for sock, sent in uploads:  # the slow uploads finish, and are answered
                 sock.sendall(sent[10:])
                 assert sock.recv(4096).startswith(b"HTTP/1.1 200")

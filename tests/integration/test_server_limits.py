@@ -17,16 +17,11 @@ from torch import Tensor
 from lossreg_service.registry import LossRegistry
 from lossreg_service.server import create_app
 from lossreg_service.settings import Settings
-from tests.support.server import serve
+from tests.support.losses import slow_loss
+from tests.support.server import serve, wait_for_gauge
 
 CAP = 64 * 1024
 TIMEOUT_S = 2.0
-
-
-def slow_loss(input: Tensor, *, seconds: float = 0.0) -> Tensor:
-    """Sleeps, then sums squares: a loss whose duration the test chooses."""
-    time.sleep(seconds)
-    return (input * input).sum()
 
 
 def other_mse(input: Tensor, target: Tensor) -> Tensor:
@@ -104,20 +99,6 @@ def test_small_compressed_body_is_fine(http: httpx.Client) -> None:
     assert r.status_code == 200 and r.json()["loss"] == 5.0
 
 
-def _gauge(http: httpx.Client, name: str) -> float:
-    for line in http.get("/metrics").text.splitlines():
-        if line.startswith((name + "{", name + " ")):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
-def _wait_for(http: httpx.Client, name: str, value: float) -> None:
-    deadline = time.monotonic() + 5
-    while _gauge(http, name) != value:
-        assert time.monotonic() < deadline, f"{name} never reached {value}"
-        time.sleep(0.02)
-
-
 def test_full_queue_answers_503_with_retry_after(http: httpx.Client, small_url: str) -> None:
     results: dict[str, int] = {}
 
@@ -127,10 +108,10 @@ def test_full_queue_answers_503_with_retry_after(http: httpx.Client, small_url: 
 
     first = threading.Thread(target=call, args=("first",))
     first.start()
-    _wait_for(http, "lossreg_requests_running", 1)
+    wait_for_gauge(http, "lossreg_requests_running", 1, timeout=5)
     second = threading.Thread(target=call, args=("second",))
     second.start()
-    _wait_for(http, "lossreg_requests_queued", 1)
+    wait_for_gauge(http, "lossreg_requests_queued", 1, timeout=5)
 
     r = http.post("/v1/losses/slow_loss/evaluate", json=slow(0))
     assert r.status_code == 503 and r.json()["code"] == "server_busy"

@@ -22,16 +22,11 @@ from lossreg.protocol import encode_body, encode_tensor
 from lossreg_service.registry import LossRegistry
 from lossreg_service.server import create_app
 from lossreg_service.settings import Settings
+from tests.support.losses import slow_loss
 from tests.support.server import free_port, wait_ready
 
 RELEASE = threading.Event()
 """Set to let every `hanging_loss` computation end (tests set it when they are done)."""
-
-
-def slow_loss(input: Tensor, *, seconds: float = 0.0) -> Tensor:
-    """Sleeps, then sums squares: a computation whose length the test chooses."""
-    time.sleep(seconds)
-    return (input * input).sum()
 
 
 def hanging_loss(input: Tensor) -> Tensor:

@@ -98,3 +98,19 @@ def serve(
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def gauge(http: httpx.Client, name: str) -> float:
+    """A sample's value in ``GET /metrics`` (its first series; 0 when absent)."""
+    for line in http.get("/metrics").text.splitlines():
+        if line.startswith((name + "{", name + " ")):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def wait_for_gauge(http: httpx.Client, name: str, value: float, timeout: float = 10) -> None:
+    """Until `gauge` reads ``value``; fails after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while gauge(http, name) != value:
+        assert time.monotonic() < deadline, f"{name} never reached {value}"
+        time.sleep(0.02)
