@@ -118,10 +118,6 @@ class Scheduler:
             settings.inline_max_bytes if batcher is None or batcher.max_delay_s == 0 else 0
         )
 
-    def admit(self) -> Admission:
-        """The request's one admission decision (`ComputeExecutor.admit`)."""
-        return self.executor.admit()
-
     def inline(self, loss: Loss, tensor_bytes: int, admission: Admission) -> bool:
         """Whether a computation of ``loss`` on ``tensor_bytes`` runs on the event loop: small,
         first-party, on the CPU, and nobody else waiting for the device (so it never overtakes
