@@ -22,6 +22,7 @@ from lossreg.protocol.torch_bridge import array_to_tensor, tensor_to_array
 
 from ..engine import Evaluation, Term, dtype_name, evaluate_terms
 from ..engine.batching import evaluate_batch
+from ..engine.threads import threads_for
 from ..registry import Loss
 from .readiness import device_failure
 
@@ -74,15 +75,16 @@ def compute(computation: Computation, device: torch.device) -> Result:
     start = time.perf_counter_ns()
     tensors = {name: to_torch(a, dt) for name, (a, dt) in computation.inputs.items()}
     grad_loss = to_torch(*computation.grad_loss) if computation.grad_loss is not None else None
-    evaluation: Evaluation = evaluate_terms(
-        computation.terms,
-        tensors,
-        grad=computation.grad,
-        grad_loss=grad_loss,
-        device=device,
-        compute_dtype=computation.compute_dtype,
-        nonfinite=computation.nonfinite,
-    )
+    with threads_for(_nbytes([computation])):
+        evaluation: Evaluation = evaluate_terms(
+            computation.terms,
+            tensors,
+            grad=computation.grad,
+            grad_loss=grad_loss,
+            device=device,
+            compute_dtype=computation.compute_dtype,
+            nonfinite=computation.nonfinite,
+        )
     return Result(
         loss=to_numpy(evaluation.loss),
         grads={name: to_numpy(g) for name, g in evaluation.grads.items()},
@@ -111,16 +113,17 @@ def compute_batch(
         )
         for c in computations
     ]
-    evaluations = evaluate_batch(
-        loss,
-        items,
-        first.terms[0].params,
-        grad=first.grad,
-        device=device,
-        compute_dtype=first.compute_dtype,
-        nonfinite=first.nonfinite,
-        vmap=vmap,
-    )
+    with threads_for(_nbytes(computations)):
+        evaluations = evaluate_batch(
+            loss,
+            items,
+            first.terms[0].params,
+            grad=first.grad,
+            device=device,
+            compute_dtype=first.compute_dtype,
+            nonfinite=first.nonfinite,
+            vmap=vmap,
+        )
     results: list[Result | Exception] = []
     elapsed = time.perf_counter_ns() - start
     for evaluation in evaluations:
@@ -143,6 +146,15 @@ def compute_batch(
         except ComputeError as exc:
             results.append(exc)
     return results
+
+
+def _nbytes(computations: Sequence[Computation]) -> int:
+    """The tensors' bytes: what decides a computation's intra-op threads (`threads_for`)."""
+    total = 0
+    for c in computations:
+        total += sum(a.nbytes for a, _ in c.inputs.values())
+        total += c.grad_loss[0].nbytes if c.grad_loss is not None else 0
+    return total
 
 
 def single(loss: Loss, params: Mapping[str, Any]) -> list[Term]:

@@ -1,7 +1,8 @@
 """Process-wide tuning, applied once when the server starts (`configure_compute`).
 
-- torch's intra-op threads: by default every core, so a computation that runs alone (the
-  common case: a request at a time per worker) is as fast as in-process;
+- torch's intra-op threads: by default every core for a big computation, so one that runs
+  alone (the common case: a request at a time per worker) is as fast as in-process; a small
+  one runs on one thread (`engine.threads`);
 - freed tensor memory stays mapped for the next request (glibc);
 - autograd is warmed up, and what start-up built is frozen out of the garbage collector's
   sight;
@@ -16,6 +17,7 @@ import gc
 
 import torch
 
+from ..engine.threads import set_most_threads
 from ..settings import Settings, cpu_cores
 from .batcher import DynamicBatcher
 from .executor import ComputeExecutor
@@ -26,7 +28,7 @@ __all__ = ["configure_compute", "intra_op_threads"]
 def configure_compute(executor: ComputeExecutor, settings: Settings) -> DynamicBatcher | None:
     """Set torch's intra-op threads, warm autograd up, and build the dynamic batcher (None
     when ``batch_max_size`` is 1)."""
-    torch.set_num_threads(intra_op_threads(settings))
+    set_most_threads(intra_op_threads(settings))
     _keep_freed_memory()
     _warm_up()
     _freeze_startup_objects()
@@ -43,9 +45,9 @@ def intra_op_threads(settings: Settings) -> int:
     """``intra_op_threads``, or by default every core.
 
     Dividing the cores among the computations that can run at once (workers x compute
-    threads) left a lone 16 MB request one thread: 2x slower on 2 cores. Small ops stay under
-    torch's grain size and never start the thread pool, so extra threads cost them nothing;
-    only big computations running at the same moment share (oversubscribe) the cores.
+    threads) left a lone 16 MB request one thread: 2x slower on 2 cores. Small computations
+    run on one thread whatever this says (`engine.threads.threads_for`); only big ones
+    running at the same moment share (oversubscribe) the cores.
     """
     return settings.intra_op_threads or cpu_cores()
 
