@@ -155,3 +155,56 @@ def test_cuda_matches_cpu():
     assert gpu.grads["input"].device.type == "cuda"
     torch.testing.assert_close(gpu.loss.cpu(), cpu.loss)
     torch.testing.assert_close(gpu.grads["input"].cpu(), cpu.grads["input"])
+
+
+def test_checks_remembered_for_a_signature_still_refuse_what_differs() -> None:
+    """The engine remembers the checks of requests it has seen (`checked_terms`): the same
+    request again is answered alike, and a request differing in a parameter, a shape, a dtype
+    or the gradients asked for is checked afresh."""
+    inputs = _ce_inputs()
+    first = evaluate(CE, inputs, {"label_smoothing": 0.1})
+    again = evaluate(CE, inputs, {"label_smoothing": 0.1})
+    assert torch.equal(first.grads["input"], again.grads["input"])
+    with pytest.raises(InvalidParameter, match="label_smoothing"):
+        evaluate(CE, inputs, {"label_smoothing": "lots"})
+    with pytest.raises(ShapeMismatch):
+        evaluate(CE, {**inputs, "target": inputs["target"][:2]}, {"label_smoothing": 0.1})
+    with pytest.raises(InvalidInput, match="has dtype int32"):
+        evaluate(CE, {**inputs, "input": inputs["input"].int()}, {"label_smoothing": 0.1})
+    with pytest.raises(InvalidInput, match="only floating-point"):
+        evaluate(CE, inputs, {"label_smoothing": 0.1}, grad=["target"])
+
+
+def test_remembered_checks_are_bounded_and_hand_out_copies() -> None:
+    from lossreg_service.engine import _compute
+
+    for rows in range(1, _compute._CHECKED_MOST + 50):
+        evaluate(MSE, {"input": torch.ones(rows), "target": torch.zeros(rows)}, grad=[])
+    assert len(_compute._CHECKED) <= _compute._CHECKED_MOST
+    info = _compute.tensor_info(_ce_inputs())
+    validated, names = _compute.checked_terms([Term(CE, {"ignore_index": 1})], info, None)
+    validated[0]["ignore_index"] = 2  # a caller changing what it was handed
+    names.append("target")
+    again, names_again = _compute.checked_terms([Term(CE, {"ignore_index": 1})], info, None)
+    assert again == [{"ignore_index": 1}]
+    assert names_again == ["input"]
+
+
+@pytest.mark.parametrize("ignore_index", [None, -100, 7])
+def test_class_indices_out_of_range_are_refused_past_the_one_read_fast_path(
+    ignore_index: int | None,
+) -> None:
+    """In-range indices pass on one min/max read; anything else is checked exactly, so an
+    ignore_index is still allowed and an out-of-range index still named."""
+    inputs = _ce_inputs()
+    params = {} if ignore_index is None else {"ignore_index": ignore_index}
+    target = inputs["target"].clone()
+    if ignore_index is not None:
+        target[0] = ignore_index
+        out = evaluate(CE, {**inputs, "target": target}, params)
+        expected = F.cross_entropy(inputs["input"], target, ignore_index=ignore_index)
+        torch.testing.assert_close(out.loss, expected)
+    target[1] = 3  # the input has 3 classes
+    with pytest.raises(InvalidInput, match="class index 3") as raised:
+        evaluate(CE, {**inputs, "target": target}, params)
+    assert raised.value.field == "target"

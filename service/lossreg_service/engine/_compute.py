@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
+import orjson
 import pydantic
 import torch
 
@@ -126,8 +127,7 @@ def evaluate_terms(
         )
     device = torch.device(device)
     info = tensor_info(inputs)
-    validated = [validate_term(t, info) for t in terms]
-    grad_names = check_grad([t.loss.spec for t in terms], info, grad)
+    validated, grad_names = checked_terms(terms, info, grad)
     if nonfinite == "reject":
         check_finite_inputs(
             {**inputs, **({"grad_loss": grad_loss} if grad_loss is not None else {})}
@@ -238,6 +238,41 @@ def validate_term(term: Term, inputs: Mapping[str, TensorInfo]) -> dict[str, Any
                 f"'{where}: list[float] | None = None' for a list)"
             )
         raise InvalidParameter(message, field=where) from None
+
+
+_CHECKED: dict[Hashable, tuple[list[dict[str, Any]], list[str]]] = {}
+_CHECKED_MOST = 1024
+
+
+def checked_terms(
+    terms: Sequence[Term], info: Mapping[str, TensorInfo], grad: Sequence[str] | None
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Each term's validated parameters (`validate_term`) and the inputs to differentiate
+    (`check_grad`), remembered for the requests already seen.
+
+    Both depend only on the losses, their parameters, the tensors' names, shapes and dtypes and
+    ``grad``; a training loop sends the same ones every step, and checking them again cost
+    ~20 us a request (pydantic, the shape relations). Only successes are kept, at most
+    ``_CHECKED_MOST`` (the oldest goes first), so a client cycling through shapes bounds it.
+    """
+    try:
+        key: Hashable = (
+            tuple((t.loss, orjson.dumps(t.params, option=orjson.OPT_SORT_KEYS)) for t in terms),
+            tuple(info.items()),
+            None if grad is None else tuple(grad),
+        )
+    except TypeError:  # parameters that are not JSON (in-process callers): check every time
+        key = None
+    known = _CHECKED.get(key) if key is not None else None
+    if known is not None:
+        return [dict(v) for v in known[0]], list(known[1])
+    validated = [validate_term(t, info) for t in terms]
+    grad_names = check_grad([t.loss.spec for t in terms], info, grad)
+    if key is not None:
+        if len(_CHECKED) >= _CHECKED_MOST:
+            _CHECKED.pop(next(iter(_CHECKED), None), None)
+        _CHECKED[key] = ([dict(v) for v in validated], list(grad_names))
+    return validated, grad_names
 
 
 def declared_casts(losses: Iterable[Loss]) -> dict[str, str]:

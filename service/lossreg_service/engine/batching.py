@@ -35,13 +35,12 @@ from ._compute import (
     Evaluation,
     Term,
     check_finite_inputs,
-    check_grad,
+    checked_terms,
     declared_casts,
     evaluate,
     nonfinite_outputs,
     tensor_info,
     to_compute,
-    validate_term,
 )
 from .cancel import ComputationCancelled, checkpoint
 from .checks import BatchCheckFailed
@@ -141,8 +140,8 @@ def _vmapped(
     """The whole batch through one vmap of value-and-VJP; per-item checks stay per item."""
     first, first_upstream = items[0]
     info = tensor_info(first)
-    checked = validate_term(Term(loss, params), info)  # same shapes and params for every item
-    names = check_grad([loss.spec], info, grad)
+    # the same shapes and parameters for every item
+    (checked,), names = checked_terms([Term(loss, params)], info, grad)
     results: list[Evaluation | Exception | None] = [None] * len(items)
     live: list[int] = []
     for i, (inputs, upstream) in enumerate(items):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch._C import _functorch
 
-__all__ = ["BatchCheckFailed", "any_true"]
+__all__ = ["BatchCheckFailed", "all_within", "any_true"]
 
 
 class BatchCheckFailed(Exception):
@@ -39,3 +39,17 @@ def any_true(mask: torch.Tensor) -> bool:
     if found and batched:
         raise BatchCheckFailed("a request in this vmapped batch failed a check on its values")
     return found
+
+
+def all_within(values: torch.Tensor, low: int, high: int) -> bool:
+    """Whether every value lies in ``[low, high)``, in one min/max read (~2 us against ~8 us
+    for building and reading a mask). Under vmap it reads the whole batch, so True answers for
+    every request; on False, ask exactly with a mask and `any_true` (a value outside may be an
+    allowed one, such as an ``ignore_index``). Empty tensors are within any range."""
+    whole = values
+    while _functorch.is_functorch_wrapped_tensor(whole):
+        whole = _functorch.get_unwrapped(whole)
+    if whole.numel() == 0:
+        return True
+    lowest, highest = torch.aminmax(whole)
+    return bool(lowest.item() >= low and highest.item() < high)

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from lossreg.errors import InvalidInput, ShapeMismatch
 
-from ..engine.checks import any_true
+from ..engine.checks import all_within, any_true
 from ..registry import FLOAT_DTYPES, INT_DTYPES, Reduction, TensorSpec, loss
 
 NonNegative = Annotated[float, Field(ge=0)]
@@ -94,6 +94,8 @@ def _check_classes(input: Tensor, target: Tensor, ignore_index: int | None = Non
     if target.numel() == 0:
         return
     classes = input.shape[1] if input.dim() > 1 else input.shape[0]
+    if all_within(target, 0, classes):  # the common case, in one read
+        return
     valid = (target >= 0) & (target < classes)
     if ignore_index is not None:
         valid |= target == ignore_index
