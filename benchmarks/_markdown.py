@@ -49,8 +49,9 @@ def _concurrency(results: dict[str, Any]) -> list[str]:
     grouped: dict[str, list[dict[str, Any]]] = {}
     for row in results.get("concurrency", []):
         grouped.setdefault(row["server"], []).append(row)
-    lines = ["| server | connections | req/s | p50 ms | p99 ms | errors |",
-             "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = ["| server | connections | req/s | p50 ms | p99 ms | errors "
+             "| CPU µs a request: server / load generator |",
+             "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for server, rows in grouped.items():
         lines.append(_row([
             server,
@@ -59,8 +60,15 @@ def _concurrency(results: dict[str, Any]) -> list[str]:
             " / ".join(_ms(r["p50_ms"]) for r in rows),
             " / ".join(_ms(r["p99_ms"]) for r in rows),
             " / ".join(str(r["errors"]) for r in rows),
+            " ; ".join(_cpu(r) for r in rows),
         ]))  # fmt: skip
     return lines
+
+
+def _cpu(row: dict[str, Any]) -> str:
+    if "server_cpu_us" not in row:
+        return "-"
+    return f"{row['server_cpu_us']:.0f} / {row['load_cpu_us']:.0f}"
 
 
 def _memory(results: dict[str, Any]) -> list[str]:

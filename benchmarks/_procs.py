@@ -95,6 +95,19 @@ def tree_pids(pid: int) -> list[int]:
     return found
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by ``pid`` and every process below it; workers
+    that exited are not counted, so read it around a measure, not across restarts."""
+    ticks = 0
+    for member in tree_pids(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def _wait_ready(server: Server, path: str | None, timeout: float, exact: bool = False) -> None:
     deadline = time.monotonic() + timeout
     if path is None:  # not HTTP: wait until it accepts connections

@@ -35,6 +35,7 @@ import http.client
 import importlib.util
 import os
 import platform
+import resource
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -246,16 +247,19 @@ def run_concurrency(args: argparse.Namespace, results: dict[str, Any], progress:
             for n in counts:
                 progress.update(task, description=f"concurrency {label} x{n}")
                 content_type = _MULTIPART.get(payload, "application/octet-stream")
-                load = _load_twice(args, server.url + path, payload, n, seconds, header_length,
-                                   content_type)  # fmt: skip
-                rows.append({"server": label, **vars(load), "rps": load.rps})
+                load, cpu = _load_twice(args, server, path, payload, n, seconds, header_length,
+                                        content_type)  # fmt: skip
+                rows.append({"server": label, **vars(load), "rps": load.rps, **cpu})
                 progress.advance(task)
                 if label in grpc:
                     progress.update(task, description=f"concurrency {label}, gRPC x{n}")
                     target = _procs.grpc_target(server)
                     run_grpc_load(target, case, streams=n, seconds=1)
+                    before = _procs.cpu_seconds(server.pid), _load_generator_cpu()
                     load = run_grpc_load(target, case, streams=n, seconds=seconds)
-                    rows.append({"server": f"{label}, gRPC", **vars(load), "rps": load.rps})
+                    cpu = _cpu_per_request(server, before, load.requests)
+                    rows.append({"server": f"{label}, gRPC", **vars(load), "rps": load.rps,
+                                 **cpu})  # fmt: skip
                     progress.advance(task)
     results["concurrency"] = rows
 
@@ -266,18 +270,41 @@ _MULTIPART: dict[bytes, str] = {}
 
 def _load_twice(
     args: argparse.Namespace,
-    url: str,
+    server: Any,
+    path: str,
     body: bytes,
     n: int,
     seconds: float,
     header_length: int | None,
     content_type: str,
-) -> Any:
-    """A 1 s warm-up run, then the measured one."""
+) -> tuple[Any, dict[str, float]]:
+    """A 1 s warm-up run, then the measured one, with the CPU the server and the load
+    generator spent on each request."""
+    url = server.url + path
     run_load(url, body, connections=n, seconds=1, header_length=header_length,
              content_type=content_type, tool=args.load_tool)  # fmt: skip
-    return run_load(url, body, connections=n, seconds=seconds, header_length=header_length,
+    before = _procs.cpu_seconds(server.pid), _load_generator_cpu()
+    load = run_load(url, body, connections=n, seconds=seconds, header_length=header_length,
                     content_type=content_type, tool=args.load_tool)  # fmt: skip
+    return load, _cpu_per_request(server, before, load.requests)
+
+
+def _load_generator_cpu() -> float:
+    """CPU used so far by this process and the load generators it ran and waited for (wrk,
+    the Python generator's workers, the gRPC client's threads)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _cpu_per_request(server: Any, before: tuple[float, float], requests: int) -> dict[str, float]:
+    """Microseconds of CPU a request cost the server and the load generator: where the two
+    cores went (the servers outside this process tree, Ray's and Triton's, count partly)."""
+    if not requests:
+        return {}
+    server_s = _procs.cpu_seconds(server.pid) - before[0]
+    client_s = _load_generator_cpu() - before[1]
+    return {"server_cpu_us": 1e6 * server_s / requests, "load_cpu_us": 1e6 * client_s / requests}
 
 
 def _peer_plan(case: _cases.Case) -> list[tuple[str, Any, str, bytes, int | None, list[int]]]:
