@@ -100,13 +100,19 @@ class RequestContextMiddleware:
         outcome = state.get("error_code") or ("success" if status < 400 else f"http_{status}")
         if state.get("compute"):
             metrics.child(metrics.requests, loss or "<unknown>", outcome).inc()
+        if not access_log.isEnabledFor(logging.INFO):
+            return
         path = bounded(scope["path"])  # a quoted prefix; the formatter escapes what it holds
-        access_log.info(
+        # makeRecord + handle: what .info() does, less looking up the caller's file and line
+        # (a frame walk, ~5 us a request, for a record whose origin is always this line)
+        record = access_log.makeRecord(
+            access_log.name,
+            logging.INFO,
+            __file__,
+            0,
             "%s %s %s %.1fms",
-            scope["method"],
-            path,
-            status,
-            seconds * 1000,
+            (scope["method"], path, status, seconds * 1000),
+            None,
             extra={
                 "method": scope["method"],
                 "path": path,
@@ -117,6 +123,7 @@ class RequestContextMiddleware:
                 "outcome": outcome,
             },
         )
+        access_log.handle(record)
 
 
 _ID_PREFIX = uuid.uuid4().hex[:16]  # random per process: ids stay unique across workers
