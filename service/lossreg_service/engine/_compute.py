@@ -199,6 +199,8 @@ def _all_finite(tensor: torch.Tensor) -> bool:
     non-finite sum is a real NaN/Inf or an overflow of finite values: the exact check decides.
     """
     t = tensor.detach()
+    if t.dim() == 0:  # a loss value: read it, no reduction needed
+        return math.isfinite(t.item())
     # .item() and math.isfinite: one torch op, not three (~4 us against ~12 us on a small tensor)
     return math.isfinite(t.sum().item()) or bool(torch.isfinite(t).all())
 
