@@ -9,6 +9,7 @@ descriptor. `GuardedHttpToolsProtocol` adds, per connection (the defaults follow
   the bytes arrive, so the parser never works on more than the cap plus one read;
 - ``client_header_timeout_s`` from the connection (or the request's first byte) to the end of
   the head, and ``client_body_timeout_s`` between two reads of a body -> the connection closes;
+- a response's head and a small body leave in one send (`_CoalescingTransport`);
 - at most ``max_connections`` per worker: a new connection past it closes the one that has
   waited longest on its client (idle keep-alive, a slow head or body), so health checks and
   real clients still get in; only when every connection is computing is the new one refused
@@ -19,10 +20,11 @@ descriptor. `GuardedHttpToolsProtocol` adds, per connection (the defaults follow
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import resource
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -98,6 +100,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(503, "too many open connections; retry later")
             return
         super().connection_made(transport)
+        # what responses write to; the rest of the transport's interface is passed through
+        self.transport = cast(asyncio.Transport, _CoalescingTransport(transport, self.loop))
         self._last_read = self.loop.time()
         self._arm(self._limits.header_timeout_s)
 
@@ -230,6 +234,63 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             % (status, _REASONS.get(status, b""), len(body), body)
         )
         self.transport.close()
+
+
+class _CoalescingTransport:
+    """The connection's transport, sending the small writes of one event-loop step together.
+
+    uvicorn writes a response's head and its body separately: two ``send`` calls and two TCP
+    segments (so two wake-ups of the client) for every small answer. Writes up to
+    ``_HOLD_MOST`` bytes are held and go out at the next write or at the end of the loop's
+    current step, whichever comes first; bigger ones go at once, after what is held. Closing
+    sends what is held first; everything else is the transport's own.
+    """
+
+    def __init__(self, transport: Any, loop: Any) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: list[bytes] = []
+        self._held_bytes = 0
+
+    def write(self, data: bytes) -> None:
+        size = len(data)
+        if self._held_bytes + size > _HOLD_MOST:
+            self._flush()
+            self._transport.write(data)
+            return
+        if not self._held:
+            self._loop.call_soon(self._flush)
+        self._held.append(bytes(data))
+        self._held_bytes += size
+
+    def _flush(self) -> None:
+        if self._held:
+            data = b"".join(self._held) if len(self._held) > 1 else self._held[0]
+            self._held.clear()
+            self._held_bytes = 0
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
+    def get_write_buffer_size(self) -> int:
+        return int(self._transport.get_write_buffer_size()) + self._held_bytes
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+_HOLD_MOST = 64 * 1024
 
 
 def protocol_for(settings: Settings) -> type[GuardedHttpToolsProtocol]:
