@@ -6,6 +6,7 @@ KEDA query's metric in /metrics."""
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,12 @@ def test_the_manifest_container_serves_kserve_routes_and_the_keda_metric(
         # grpc-v2: the container port named h2c answers the Open Inference Protocol over gRPC.
         grpc = pytest.importorskip("tritonclient.grpc")
         grpc_client = grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
-        assert grpc_client.is_server_ready()
+        # Each worker serves the gRPC port too; HTTP readiness may have been answered by one
+        # worker while the one this channel reached still loads: it must become ready.
+        deadline = time.monotonic() + 60
+        while not grpc_client.is_server_ready():
+            assert time.monotonic() < deadline, "gRPC never became ready"
+            time.sleep(0.2)
         gx = grpc.InferInput("input", list(logits.shape), "FP32")
         gx.set_data_from_numpy(logits)
         gy = grpc.InferInput("target", list(labels.shape), "INT64")
