@@ -27,6 +27,17 @@ from tests.support.kserve_manifests import (
     runtime_named,
 )
 
+
+def _until_ready(client: Any, timeout: float = 60) -> None:
+    """Until ``client``'s server answers ready. The workers share the ports, and a worker that
+    was not accepting yet while the readiness probes ran may take this client's connection
+    while its registry still loads (it answers not-ready, then ready)."""
+    deadline = time.monotonic() + timeout
+    while not client.is_server_ready():
+        assert time.monotonic() < deadline, "the server never answered ready"
+        time.sleep(0.2)
+
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
@@ -63,7 +74,7 @@ def test_the_manifest_container_serves_kserve_routes_and_the_keda_metric(
 
         http = pytest.importorskip("tritonclient.http")
         client = http.InferenceServerClient(f"127.0.0.1:{port}")
-        assert client.is_server_ready()
+        _until_ready(client)
         logits = np.random.default_rng(0).standard_normal((4, 5)).astype(np.float32)
         labels = np.array([0, 4, 2, 1], dtype=np.int64)
         x = http.InferInput("input", list(logits.shape), "FP32")
@@ -84,12 +95,7 @@ def test_the_manifest_container_serves_kserve_routes_and_the_keda_metric(
         # grpc-v2: the container port named h2c answers the Open Inference Protocol over gRPC.
         grpc = pytest.importorskip("tritonclient.grpc")
         grpc_client = grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
-        # Each worker serves the gRPC port too; HTTP readiness may have been answered by one
-        # worker while the one this channel reached still loads: it must become ready.
-        deadline = time.monotonic() + 60
-        while not grpc_client.is_server_ready():
-            assert time.monotonic() < deadline, "gRPC never became ready"
-            time.sleep(0.2)
+        _until_ready(grpc_client)
         gx = grpc.InferInput("input", list(logits.shape), "FP32")
         gx.set_data_from_numpy(logits)
         gy = grpc.InferInput("target", list(labels.shape), "INT64")
