@@ -11,11 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from lossreg_service.server.logs import JsonFormatter
-from lossreg_service.server.middleware import RequestIdFilter
+from lossreg_service.server.logs import JsonFormatter, RequestIdFilter
 from lossreg_service.settings import Settings
 from tests.support.cli_server import lossreg_serve
-from tests.support.server import serve
+from tests.support.server import free_port, serve
 
 
 class _Collect(logging.Handler):
@@ -88,3 +87,42 @@ def test_lossreg_serve_writes_one_access_line_per_request_or_none(
     assert len(mentions) == lines, mentions
     for line in mentions:
         assert json.loads(line)["logger"] == "lossreg.access"
+
+
+def test_lossreg_serve_writes_the_grpc_access_line(tmp_path: Path) -> None:
+    """A gRPC call gets the same structured line, with its status and request id."""
+    grpc = pytest.importorskip("grpc")
+    from lossreg_service.server.grpc.proto import grpc_service_pb2 as pb
+    from lossreg_service.server.grpc.proto import grpc_service_pb2_grpc as pb_grpc
+
+    grpc_port = free_port()
+    env = {
+        "LOSSREG_DEVICE": "cpu",
+        "LOSSREG_LOG_LEVEL": "info",
+        "LOSSREG_WORKERS": "1",
+        "LOSSREG_GRPC_PORT": str(grpc_port),
+    }
+    with lossreg_serve(["serve"], env, tmp_path) as server:
+        request = pb.ModelInferRequest(model_name="l1_loss")
+        for name in ("input", "target"):
+            tensor = request.inputs.add(name=name, datatype="FP32", shape=[1])
+            tensor.contents.fp32_contents.append(1.0)
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=60)
+            _, call = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer.with_call(
+                request, timeout=30
+            )
+        request_id = dict(call.trailing_metadata())["x-request-id"]
+        time.sleep(0.5)  # the line is written just after the answer
+        server.stop()
+        lines = [
+            json.loads(line)
+            for line in server.log.read_text().splitlines()
+            if line.startswith("{") and request_id in line
+        ]
+    assert len(lines) == 1, lines
+    line = lines[0]
+    assert line["logger"] == "lossreg.access" and line["method"] == "GRPC"
+    assert line["route"] == "/inference.GRPCInferenceService/ModelInfer"
+    assert line["status"] == 0 and line["outcome"] == "success" and line["loss"] == "l1_loss"
+    assert line["request_id"] == request_id

@@ -18,8 +18,7 @@ from torch import Tensor
 
 from lossreg.protocol.limits import MAX_NAME_LENGTH, MAX_PARAMETERS, MAX_TENSORS, MAX_TERMS
 from lossreg_service.registry import LossRegistry
-from lossreg_service.server.logs import JsonFormatter
-from lossreg_service.server.middleware import RequestIdFilter
+from lossreg_service.server.logs import JsonFormatter, RequestIdFilter
 
 from ._harness import FaultSettings, assert_still_serving, running
 

@@ -37,7 +37,8 @@ from ..catalog import (
     repository_index,
 )
 from ..deps import registry_when_loaded
-from ..middleware import new_request_id, request_id_var
+from ..logs import log_access, request_id_var
+from ..middleware import new_request_id
 from ..pipeline import DataPlane, infer, observe
 from ..shm import regions
 from .codec import decode_infer_request, encode_infer_response, to_message
@@ -47,7 +48,6 @@ from .proto import grpc_service_pb2_grpc as pb_grpc
 __all__ = ["STATUS", "InferenceService", "grpc_status"]
 
 log = logging.getLogger("lossreg.server")
-access_log = logging.getLogger("lossreg.access")
 
 T = TypeVar("T")
 
@@ -166,12 +166,10 @@ class _Call:
             )
             if self.compute:
                 metrics.requests.labels(loss=self.loss or "<unknown>", outcome=outcome).inc()
-            access_log.info(
+            log_access(
                 "GRPC %s %s %.1fms",
-                self.rpc,
-                status.name,
-                seconds * 1000,
-                extra={
+                (self.rpc, status.name, seconds * 1000),
+                {
                     "method": "GRPC",
                     "path": f"/{SERVICE}/{self.rpc}",
                     "route": f"/{SERVICE}/{self.rpc}",
