@@ -151,11 +151,16 @@ def launch(
 ) -> Iterator[Server]:
     """Start ``argv`` (a server listening on ``port``), wait for ``ready_path``, stop at exit.
 
-    ``clean_env`` drops the caller's ``LOSSREG_*`` variables (a server with no settings);
+    ``clean_env`` drops the caller's ``LOSSREG_*`` variables and ``OMP_WAIT_POLICY`` (the
+    ``lossreg`` command sets its own): a server with no settings;
     ``log`` takes the server's stdout and stderr (its access log); ``ready_exact`` waits for a
     200, not any answer under 500; ``leader_only`` stops the server by its main process alone,
     so it can stop its helpers in order (PyTriton's shared-memory store, Ray's actors)."""
-    base = {k: v for k, v in os.environ.items() if not (clean_env and k.startswith("LOSSREG_"))}
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not (clean_env and (k.startswith("LOSSREG_") or k == "OMP_WAIT_POLICY"))
+    }
     full_env = {**base, "PYTHONUNBUFFERED": "1", **(env or {})}
     out = log.open("ab") if log else None
     process = subprocess.Popen(
@@ -209,12 +214,15 @@ def lossreg_server(
 
 
 @contextlib.contextmanager
-def default_server(settings: Mapping[str, str] | None = None) -> Iterator[Server]:
+def default_server(
+    settings: Mapping[str, str] | None = None, *, lossreg: str | None = None
+) -> Iterator[Server]:
     """``lossreg serve`` exactly as the README starts it, with no ``LOSSREG_*`` settings (only
     its ports, as flags, so servers run side by side; ``settings`` for the variants that
-    change one); its output (the access log) goes to a file, as a container's would."""
+    change one); its output (the access log) goes to a file, as a container's would.
+    ``lossreg``: another install's executable (default: this interpreter's)."""
     port, grpc_port = free_port(), free_port()
-    lossreg = str(Path(sys.executable).with_name("lossreg"))
+    lossreg = lossreg or str(Path(sys.executable).with_name("lossreg"))
     argv = [lossreg, "serve", "--port", str(port), "--grpc-port", str(grpc_port)]
     with tempfile.TemporaryDirectory(prefix="lossreg-bench-") as tmp:
         log = Path(tmp, "serve.log")

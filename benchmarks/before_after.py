@@ -3,67 +3,39 @@ side by side, alternating, on the same machine.
 
     python -m benchmarks.before_after OLD_VENV/bin/lossreg NEW_VENV/bin/lossreg --rounds 2
 
-Each round starts each version's server in turn (a fresh process, no ``LOSSREG_*`` variables,
-the same environment otherwise) and measures CE 32x10 value+gradient requests over 16
-keep-alive connections (wrk, or the Python generator), the server's CPU a request, and
-sequential ``tritonclient.http`` latency of CE 32x10 and CE 256x100. Alternating the versions
-round by round spreads this VM's drift over both. Prints a table and the JSON.
+Each round starts each version's server in turn (`_procs.default_server`: a fresh process, no
+``LOSSREG_*`` variables, the same environment otherwise) and measures CE 32x10 value+gradient
+requests over 16 keep-alive connections (wrk, or the Python generator), the server's CPU a
+request, and sequential ``tritonclient.http`` latency of CE 32x10 and CE 256x100. Alternating the
+versions round by round spreads this VM's drift over both. Prints a table and the JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import time
 from collections.abc import Sequence
 from typing import Any
-
-import httpx
 
 from . import _cases, _procs
 from ._load import run_load
 
 
-def _start(lossreg: str, port: int) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOSSREG_")}
-    env.pop("OMP_WAIT_POLICY", None)  # each version's `lossreg` sets its own
-    argv = [lossreg, "serve", "--port", str(port), "--grpc-port", "0"]
-    server = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    time.sleep(4)  # every worker loaded (each answers readiness on its own)
-    return server
-
-
 def measure(lossreg: str, seconds: float) -> dict[str, float]:
     """One version's figures from a fresh default server."""
-    port = _procs.free_port()
-    server = _start(lossreg, port)
-    try:
-        url = f"http://127.0.0.1:{port}"
+    with _procs.default_server(lossreg=lossreg) as server:
         ce32, ce256 = _cases.CASES["ce32"](), _cases.CASES["ce256"]()
         body, length = _cases.kserve_body(ce32)
-        infer = f"{url}/v2/models/cross_entropy/infer"
+        infer = f"{server.url}/v2/models/cross_entropy/infer"
         run_load(infer, body, connections=16, seconds=2, header_length=length)
         cpu = _procs.cpu_seconds(server.pid)
         load = run_load(infer, body, connections=16, seconds=seconds, header_length=length)
         cpu = _procs.cpu_seconds(server.pid) - cpu
         out = {"rps": load.rps, "server_cpu_us": 1e6 * cpu / max(1, load.requests)}
         for key, case in (("ce32_ms", ce32), ("ce256_ms", ce256)):
-            call = _cases.make_tritonclient(case, url)
+            call = _cases.make_tritonclient(case, server.url)
             out[key] = _cases.time_calls(call, runs=400, budget_s=6).median_ms
         return out
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from benchmarks._procs import peak_rss, rss
 from tests.support.server import free_port
 
 __all__ = ["Served", "children", "lossreg_serve", "peak_rss", "raw", "rss"]
@@ -100,24 +101,6 @@ def children(pid: int) -> list[int]:
                 if int(fields[1]) == pid:
                     out.append(int(entry))
     return out
-
-
-def _status(pid: int, key: str) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-
-def rss(pid: int) -> int:
-    """Resident memory now, in bytes."""
-    return _status(pid, "VmRSS")
-
-
-def peak_rss(pid: int) -> int:
-    """The highest resident memory so far, in bytes."""
-    return _status(pid, "VmHWM")
 
 
 def raw(url: str, timeout: float = 10) -> socket.socket:
