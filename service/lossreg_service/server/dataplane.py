@@ -26,7 +26,7 @@ from ..engine.threads import threads_for
 from ..registry import Loss
 from .readiness import device_failure
 
-__all__ = ["Computation", "compute", "compute_batch", "to_numpy", "to_torch"]
+__all__ = ["Computation", "compute", "compute_batch", "tensor_bytes", "to_numpy", "to_torch"]
 
 
 def to_torch(array: np.ndarray, datatype: str) -> torch.Tensor:
@@ -148,13 +148,15 @@ def compute_batch(
     return results
 
 
+def tensor_bytes(inputs: Mapping[str, TypedArray], grad_loss: TypedArray | None) -> int:
+    """A request's tensor bytes: what decides its intra-op threads (`threads_for`), whether it
+    computes inline and whether it may join a batch."""
+    total = sum(a.nbytes for a, _ in inputs.values())
+    return total + grad_loss[0].nbytes if grad_loss is not None else total
+
+
 def _nbytes(computations: Sequence[Computation]) -> int:
-    """The tensors' bytes: what decides a computation's intra-op threads (`threads_for`)."""
-    total = 0
-    for c in computations:
-        total += sum(a.nbytes for a, _ in c.inputs.values())
-        total += c.grad_loss[0].nbytes if c.grad_loss is not None else 0
-    return total
+    return sum(tensor_bytes(c.inputs, c.grad_loss) for c in computations)
 
 
 def single(loss: Loss, params: Mapping[str, Any]) -> list[Term]:

@@ -31,7 +31,7 @@ from ..registry import Loss, LossSpec
 from ..registry._registry import OWN_DISTRIBUTION
 from ..settings import Settings
 from .batcher import DynamicBatcher
-from .dataplane import Computation, Result, compute, compute_batch, single
+from .dataplane import Computation, Result, compute, compute_batch, single, tensor_bytes
 from .executor import Admission, ComputeExecutor
 from .inference import Decoded
 from .statistics import RequestTimes, StatisticsStore
@@ -68,13 +68,6 @@ def batch_key(loss: Loss, decoded: Decoded, nonfinite: str) -> Hashable:
         tuple(sorted((n, a.shape, dt) for n, (a, dt) in decoded.inputs.items())),
         None if decoded.grad_loss is None else (decoded.grad_loss[0].shape, decoded.grad_loss[1]),
     )
-
-
-def _tensor_bytes(decoded: Decoded) -> int:
-    arrays = [a for a, _ in decoded.inputs.values()]
-    if decoded.grad_loss is not None:
-        arrays.append(decoded.grad_loss[0])
-    return sum(a.nbytes for a in arrays)
 
 
 def _version(loss: Loss) -> str:
@@ -184,7 +177,7 @@ class Scheduler:
 
         decoded, times.input_ns = _timed(decode)  # small: microseconds on the loop
         computation = self._computation(loss, decoded)
-        tensor_bytes = _tensor_bytes(decoded)
+        nbytes = tensor_bytes(decoded.inputs, decoded.grad_loss)
 
         def compute_encode(device: torch.device) -> R:
             self._executed(loss)
@@ -193,9 +186,9 @@ class Scheduler:
             answer, times.output_ns = _timed(lambda: encode(decoded, result))
             return answer
 
-        if self.inline(loss, tensor_bytes, admission):
+        if self.inline(loss, nbytes, admission):
             return executor.run_inline(admission, compute_encode, loss=name)
-        if self.batcher is not None and tensor_bytes <= settings.batch_max_bytes:
+        if self.batcher is not None and nbytes <= settings.batch_max_bytes:
             waited = time.perf_counter_ns()
             result: Result = await self.batcher.submit(
                 batch_key(loss, decoded, computation.nonfinite),
