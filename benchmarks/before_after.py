@@ -2,12 +2,16 @@
 side by side, alternating, on the same machine.
 
     python -m benchmarks.before_after OLD_VENV/bin/lossreg NEW_VENV/bin/lossreg --rounds 2
+    python -m benchmarks.before_after .venv/bin/lossreg .venv/bin/lossreg \
+        --after-env LOSSREG_ACCESS_LOG=false     # one install, a setting's cost
 
 Each round starts each version's server in turn (`_procs.default_server`: a fresh process, no
 ``LOSSREG_*`` variables, the same environment otherwise) and measures CE 32x10 value+gradient
 requests over 16 keep-alive connections (wrk, or the Python generator), the server's CPU a
 request, and sequential ``tritonclient.http`` latency of CE 32x10 and CE 256x100. Alternating the
-versions round by round spreads this VM's drift over both. Prints a table and the JSON.
+versions round by round spreads this VM's drift over both. ``--before-env`` / ``--after-env``
+``NAME=VALUE`` give one side a setting (then both sides may be the same install). Prints a
+table and the JSON.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ from . import _cases, _procs
 from ._load import run_load
 
 
-def measure(lossreg: str, seconds: float) -> dict[str, float]:
-    """One version's figures from a fresh default server."""
-    with _procs.default_server(lossreg=lossreg) as server:
+def measure(
+    lossreg: str, seconds: float, settings: dict[str, str] | None = None
+) -> dict[str, float]:
+    """One version's figures from a fresh default server (with ``settings``, if any)."""
+    with _procs.default_server(settings, lossreg=lossreg) as server:
         ce32, ce256 = _cases.CASES["ce32"](), _cases.CASES["ce256"]()
         body, length = _cases.kserve_body(ce32)
         infer = f"{server.url}/v2/models/cross_entropy/infer"
@@ -44,11 +50,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("after", help="the new install's `lossreg` executable")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=8.0, help="each load run")
+    for side in ("before", "after"):
+        parser.add_argument(
+            f"--{side}-env",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help=f"an environment variable for the {side} server (repeatable)",
+        )
     args = parser.parse_args(argv)
+    envs = {
+        side: dict(item.split("=", 1) for item in getattr(args, f"{side}_env"))
+        for side in ("before", "after")
+    }
     runs: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
     for _ in range(args.rounds):
         for label in ("before", "after"):
-            runs[label].append(measure(getattr(args, label), args.seconds))
+            runs[label].append(measure(getattr(args, label), args.seconds, envs[label] or None))
     print("| measure | before | after |\n|---|---:|---:|")
     for key, what in (("rps", "16-connection CE 32x10 req/s"),
                       ("server_cpu_us", "server CPU µs a request"),
@@ -57,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         cells = [" / ".join(f"{r[key]:.{0 if key in ('rps', 'server_cpu_us') else 2}f}"
                             for r in runs[label]) for label in ("before", "after")]  # fmt: skip
         print(f"| {what} | {cells[0]} | {cells[1]} |")
-    result = {"before": args.before, "after": args.after, "runs": runs}
+    result = {"before": args.before, "after": args.after, "env": envs, "runs": runs}
     print(json.dumps(result))
     return result
 
