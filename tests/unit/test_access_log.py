@@ -46,7 +46,8 @@ def stream(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
     monkeypatch.setattr(logs.sys, "stderr", out)
     logs.configure_logging("info")
     yield out
-    logs._installed and logs._installed.flush()
+    if logs._installed is not None:
+        logs._installed.flush()
     lossreg.handlers[:], lossreg.level, lossreg.propagate = saved[0], saved[1], saved[2]
     access.setLevel(saved[3])
 
@@ -67,10 +68,12 @@ def test_the_direct_line_is_what_the_formatter_writes_for_the_record(stream: io.
     _ours_alone()
     token = logs.request_id_var.set("req-7")
     try:
+        assert logs._direct_handler() is logs._installed  # nothing else listens: direct
         logs.log_access("%s %s %s %.1fms", ("POST", _FIELDS["path"], 200, 1.234), _FIELDS)
         collector = _Collect()
         logging.getLogger("lossreg.access").addHandler(collector)  # any listener: the slow path
         try:
+            assert logs._direct_handler() is None
             logs.log_access("%s %s %s %.1fms", ("POST", _FIELDS["path"], 200, 1.234), _FIELDS)
         finally:
             logging.getLogger("lossreg.access").removeHandler(collector)
